@@ -1,0 +1,43 @@
+# Every target creates .venv itself when it is missing (or when pyproject.toml changed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PRESET ?= demo
+OUTPUT ?= runs/$(PRESET)
+
+.PHONY: demo test lint format compile images bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/memaudit run --preset $(PRESET) --output $(OUTPUT)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+compile: $(STAMP)
+	$(BIN)/memaudit compile
+
+images: $(STAMP)
+	$(BIN)/memaudit images build
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/aggregate.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,82 @@
+"""The ``memaudit`` command.
+
+Every stage has a sub-command with explicit input and output paths (the KFP components call the same library
+functions). Problems with the user's input end with a one-line message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from memaudit.config import ExperimentConfig, load_config, preset_descriptions
+from memaudit.errors import MemauditError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Audit a fine-tuned LLM for memorized training samples and predict them early (LiRA + P-SMI).",
+)
+stage_app = typer.Typer(no_args_is_help=True, help="Run one pipeline stage on explicit input and output paths.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configurations.")
+app.add_typer(stage_app, name="stage")
+app.add_typer(config_app, name="config")
+
+PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="start from this preset (memaudit presets)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config file")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="override one field: section.field=value (repeatable)")
+]
+
+
+def resolve_config(preset: str | None, config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
+    """The config from ``--preset``, ``--config`` and ``--set`` (the demo preset when none is given)."""
+    if preset is None and config is None:
+        preset = "demo"
+    return load_config(preset=preset, path=config, overrides=overrides or [])
+
+
+@app.command()
+def presets() -> None:
+    """List the presets."""
+    names = preset_descriptions()
+    width = max(map(len, names))
+    for name, description in names.items():
+        typer.echo(f"{name:<{width}}  {description}")
+
+
+@config_app.command("show")
+def config_show(preset: PresetOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved config as YAML, with its fingerprints."""
+    cfg = resolve_config(preset, config, set_)
+    typer.echo(f"# fingerprint: {cfg.fingerprint()}  evaluation: {cfg.evaluation_fingerprint()}")
+    typer.echo(cfg.to_yaml(), nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app, turning :class:`MemauditError` into one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except MemauditError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        from click import ClickException
+
+        if isinstance(exc, ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

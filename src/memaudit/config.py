@@ -1,0 +1,470 @@
+"""Experiment configuration: pydantic models, presets, YAML/JSON files, ``--set`` overrides and fingerprints.
+
+A config is one :class:`ExperimentConfig`. Every field that changes results enters the content
+:meth:`ExperimentConfig.fingerprint`; fields marked ``affects_results=False`` (paths, parallelism, batch sizes
+for inference, logging, the whole ``run`` section) do not. The ``evaluation`` section only changes what the
+aggregate stage computes from stored scores, so it has its own :meth:`ExperimentConfig.evaluation_fingerprint`
+and does not enter the main fingerprint: changing the memorization threshold re-runs the aggregate, never
+the shadow trainings.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from memaudit.errors import MemauditError
+
+_NOT_FINGERPRINTED = {"affects_results": False}
+
+PAPER_LAYERS_32 = [1, 2, 3, 4, 8, 16, 24, 29, 30, 31, 32]
+PAPER_LAYERS_GEMMA = [1, 2, 3, 4, 7, 14, 21, 25, 26, 27, 28]
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+
+
+def _free(default: Any = None, description: str = "", **kwargs: Any) -> Any:
+    """A field that does not change results (paths, parallelism, logging): left out of the fingerprint."""
+    return Field(default, description=description, json_schema_extra=_NOT_FINGERPRINTED, **kwargs)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SyntheticConfig(_Section):
+    """The generated multiple-choice dataset used by the demo and the tests (see ``memaudit.synthetic``)."""
+
+    n_samples: int = Field(1200, gt=8, description="rows generated before the test hold-out")
+    n_options: int = Field(4, ge=2, le=8, description="options per item")
+    n_categories: int = Field(4, ge=2, description="categories of the rule")
+    words_per_category: int = Field(12, ge=2, description="keywords per category")
+    n_filler_words: int = Field(40, ge=4, description="size of the filler vocabulary")
+    min_length: int = Field(4, ge=1, description="fewest words in a question")
+    max_length: int = Field(9, ge=1, description="most words in a question")
+    hard_fraction: float = Field(0.25, ge=0, le=1, description="share of items with competing keywords")
+    seed: int = Field(0, description="generator seed")
+
+
+class DatasetConfig(_Section):
+    """Where the pool comes from and how it is built (METHOD §1)."""
+
+    name: Literal["synthetic", "arc", "ethics", "mmlu"] = "synthetic"
+    hub_id: str | None = Field(None, description="Hugging Face dataset id; default per dataset")
+    hub_config: str | None = Field(None, description="dataset config (ARC-Challenge, commonsense, all)")
+    train_split: str | None = Field(None, description="upstream split feeding the pool; default per dataset")
+    test_split: str | None = Field(None, description="upstream split appended to the pool; '' for none")
+    max_train_rows: int | None = Field(None, gt=0, description="cap on train_split rows (1078/13901/33750)")
+    holdout_fraction: float = Field(1 / 9, ge=0, lt=1, description="share of the pool held out as test")
+    label_noise: float = Field(0.03334, ge=0, le=1, description="share of pool samples given a random label")
+    seed: int = Field(0, description="data seed: hold-out, templates and label noise")
+    force_template: int | None = Field(None, ge=0, description="use this template for every sample")
+    data_dir: str | None = _free(None, "local copy in the upstream layout, for clusters without Hub access")
+    synthetic: SyntheticConfig | None = Field(None, description="generator settings (dataset 'synthetic')")
+
+    @model_validator(mode="after")
+    def _synthetic_settings(self) -> DatasetConfig:
+        if self.name == "synthetic" and self.synthetic is None:
+            object.__setattr__(self, "synthetic", SyntheticConfig())
+        if self.name != "synthetic" and self.synthetic is not None:
+            raise ValueError("'synthetic' settings are only allowed with dataset name 'synthetic'")
+        return self
+
+
+class TinyModelConfig(_Section):
+    """A small Llama-architecture model built locally (demo and tests), pre-trained briefly on the corpus."""
+
+    hidden_size: int = Field(64, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    num_hidden_layers: int = Field(4, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    pretrain_steps: int = Field(300, ge=0, description="causal-LM steps on held-apart synthetic text")
+    pretrain_lr: float = Field(3e-3, gt=0)
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    """The base LLM."""
+
+    name: str = Field("tiny-llama", description="Hugging Face id, or 'tiny-llama' for the locally built model")
+    revision: str | None = Field(None, description="Hub revision")
+    local_path: str | None = _free(None, "load from this folder instead of the Hub (same model as 'name')")
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="dtype of the base weights")
+    quantization: Literal["none", "nf4"] = Field("none", description="'nf4': 4-bit via bitsandbytes, CUDA only")
+    autocast_bf16: bool = Field(False, description="bf16 autocast on fp32 weights (the paper's setting)")
+    layers: list[int] = Field(default_factory=list, description="hidden-state layers for P-SMI/Mahalanobis")
+    tiny: TinyModelConfig | None = Field(None, description="builder settings for 'tiny-llama'")
+
+    @model_validator(mode="after")
+    def _tiny_settings(self) -> ModelConfig:
+        if self.name == "tiny-llama" and self.tiny is None:
+            object.__setattr__(self, "tiny", TinyModelConfig())
+        if self.name != "tiny-llama" and self.tiny is not None:
+            raise ValueError("'tiny' settings are only allowed with model name 'tiny-llama'")
+        if any(layer < 0 for layer in self.layers):
+            raise ValueError("layers must be >= 0 (0 = embeddings, L = last block)")
+        return self
+
+
+class LoraSettings(_Section):
+    """LoRA adapter (METHOD §3.1)."""
+
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
+    seed: int = Field(0, description="adapter initialisation seed (added to the shadow id)")
+
+
+class TrainingConfig(_Section):
+    """Optimiser and schedule (METHOD §3.3)."""
+
+    learning_rate: float = Field(2.5e-5, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    batch_size: int = Field(2, gt=0)
+    grad_accum: int = Field(2, gt=0)
+    epochs: int = Field(10, gt=0)
+    max_len: int = Field(512, ge=8, description="token budget per sample (left truncation)")
+    seed: int = Field(42, description="data order and dropout seed")
+
+
+class CheckpointConfig(_Section):
+    """Checkpoint schedule (METHOD §3.4): step 0, every 1/per_epoch_in_first epoch in epoch 1, then each epoch."""
+
+    per_epoch_in_first: int = Field(5, gt=0, description="checkpoints during epoch 1")
+    every_epochs: int = Field(1, gt=0, description="after epoch 1, one checkpoint every this many epochs")
+
+
+class ScoringConfig(_Section):
+    """Forward passes of each shadow over the pool, and P-SMI on its members."""
+
+    batch_size: int = _free(24, "inference batch size", gt=0)
+    psmi_directions: int = Field(2000, gt=0, description="random directions K of P-SMI")
+    psmi_seed: int = Field(0, description="seed of the P-SMI directions")
+    store_hidden: bool = Field(False, description="also store hidden states (fp16) at the configured layers")
+    device: str = _free("auto", "torch device: auto, cpu, cuda, cuda:1 ...")
+
+
+class ShadowsConfig(_Section):
+    """The shadow population (METHOD §2)."""
+
+    n_shadows: int = Field(100, ge=2)
+    target: int = Field(0, ge=0, description="the audited model among the shadows")
+    scheme: Literal["paper", "balanced"] = "paper"
+    seed: int = Field(0, description="seed of the 'balanced' scheme ('paper' seeds model s with s)")
+
+    @model_validator(mode="after")
+    def _target_in_range(self) -> ShadowsConfig:
+        if self.target >= self.n_shadows:
+            raise ValueError(f"target {self.target} must be < n_shadows {self.n_shadows}")
+        if self.scheme == "balanced" and self.n_shadows % 2:
+            raise ValueError("scheme 'balanced' needs an even n_shadows")
+        return self
+
+
+class EvaluationConfig(_Section):
+    """What the aggregate stage derives from the score files (METHOD §5–6)."""
+
+    lira_mode: Literal["online", "global", "offline"] = Field(
+        "online", description="online per-sample variances (paper), online global variance, or offline"
+    )
+    lira_clip: float = Field(100.0, gt=0, description="LiRA scores are clipped to [-clip, clip]")
+    memorized_rule: Literal["top_fraction", "threshold"] = "top_fraction"
+    memorized_fraction: float = Field(0.10, gt=0, lt=1, description="top share of the target's members")
+    memorized_threshold: float = Field(4.0, description="fixed log-likelihood ratio, rule 'threshold'")
+    tpr_target: float = Field(0.75, gt=0, lt=1)
+    c_pred_loss_ratio: float = Field(0.05, gt=0, lt=1, description="c_pred: median loss below this × ckpt 0")
+    c_pred: int | None = Field(None, ge=0, description="force the prediction checkpoint (optimizer step)")
+    mahalanobis_components: int = Field(100, gt=0)
+
+
+class Toleration(_Section):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+
+class ResourceRequest(_Section):
+    cpu: str = "2"
+    memory: str = "8Gi"
+
+
+class RunConfig(_Section):
+    """Where and how the pipeline runs; never part of the fingerprint."""
+
+    parallelism: int = Field(4, gt=0, description="shadows trained at once (ParallelFor parallelism)")
+    image_gpu: str = Field("ghcr.io/memaudit/runtime-gpu:0.1.0", description="image of the GPU stages")
+    image_cpu: str = Field("ghcr.io/memaudit/runtime-cpu:0.1.0", description="image of the CPU stages")
+    gpu_node_selector: dict[str, str] = Field(default_factory=dict, description="node labels of the GPU pool")
+    gpu_tolerations: list[Toleration] = Field(default_factory=list)
+    gpu_resources: ResourceRequest = Field(default_factory=lambda: ResourceRequest(cpu="8", memory="64Gi"))
+    cpu_resources: ResourceRequest = Field(default_factory=ResourceRequest)
+    retries: int = Field(2, ge=0, description="retries of the GPU stages")
+    retry_backoff_s: int = Field(60, ge=0)
+    s3_secret: str = Field("memaudit-s3", description="Kubernetes Secret holding the S3 credentials")
+    experiment: str = Field("memaudit", description="MLflow experiment name")
+
+
+class ExperimentConfig(_Section):
+    """One audit: a dataset, a base model, its shadow population and how it is evaluated."""
+
+    preset: str | None = _free(None, "preset this config started from (a label only)")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    shadows: ShadowsConfig = Field(default_factory=ShadowsConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    def fingerprint(self) -> str:
+        """16 hex digits over every setting that changes the shadows' outputs (not evaluation, not run)."""
+        content = _result_content(self)
+        content.pop("evaluation")
+        content.pop("run")
+        return _digest(content)
+
+    def evaluation_fingerprint(self) -> str:
+        """16 hex digits over the main fingerprint and the evaluation settings (keys aggregate outputs)."""
+        return _digest({"base": self.fingerprint(), "evaluation": _result_content(self.evaluation)})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (round-trips through :func:`config_from_dict`)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _result_content(model: BaseModel) -> dict[str, Any]:
+    """The model's fields as JSON, without the fields marked ``affects_results=False``."""
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("affects_results") is False:
+            continue
+        value = getattr(model, name)
+        out[name] = _result_value(value)
+    return out
+
+
+def _result_value(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _result_content(value)
+    if isinstance(value, list | tuple):
+        return [_result_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _result_value(v) for k, v in value.items()}
+    return value
+
+
+def _digest(content: Any) -> str:
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+
+_PAPER_COMMON: dict[str, Any] = {
+    "model": {"dtype": "bfloat16", "layers": PAPER_LAYERS_32},
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.5},
+    "training": {"learning_rate": 2.5e-5, "warmup_steps": 5, "batch_size": 2, "grad_accum": 2, "epochs": 10},
+    "shadows": {"n_shadows": 100, "target": 0, "scheme": "paper"},
+    "run": {"parallelism": 8, "gpu_node_selector": {"memaudit.io/pool": "gpu"}},
+}
+
+_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "demo": (
+        "CPU, minutes: a tiny Llama built and pre-trained locally, the synthetic dataset, 16 shadows",
+        {
+            "dataset": {"name": "synthetic", "label_noise": 0.08},
+            "model": {"name": "tiny-llama", "dtype": "float32", "layers": [1, 2, 3, 4]},
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
+            "training": {
+                "learning_rate": 3e-3,
+                "warmup_steps": 5,
+                "batch_size": 8,
+                "grad_accum": 1,
+                "epochs": 8,
+                "max_len": 64,
+            },
+            "checkpoints": {"per_epoch_in_first": 5, "every_epochs": 1},
+            "scoring": {"batch_size": 128, "psmi_directions": 500},
+            "shadows": {"n_shadows": 16, "target": 0, "scheme": "paper"},
+            "evaluation": {"lira_mode": "global", "mahalanobis_components": 16},
+            "run": {"parallelism": 2},
+        },
+    ),
+    "arc-mistral": (
+        "paper: ARC-Challenge (2000 samples) on Mistral-7B, 100 shadows, GPU",
+        {
+            "dataset": {"name": "arc", "max_train_rows": 1078},
+            "model": {"name": "mistralai/Mistral-7B-v0.1"},
+            "scoring": {"batch_size": 24},
+        },
+    ),
+    "ethics-mistral": (
+        "paper: ETHICS commonsense (15880 samples) on Mistral-7B, 100 shadows, GPU",
+        {
+            "dataset": {"name": "ethics", "max_train_rows": 13901},
+            "model": {"name": "mistralai/Mistral-7B-v0.1"},
+            "scoring": {"batch_size": 24},
+        },
+    ),
+    "mmlu-mistral": (
+        "paper: MMLU auxiliary_train (30000 samples) on Mistral-7B, 100 shadows, GPU",
+        {
+            "dataset": {"name": "mmlu", "max_train_rows": 33750},
+            "model": {"name": "mistralai/Mistral-7B-v0.1"},
+            "scoring": {"batch_size": 24},
+        },
+    ),
+    "mmlu-llama": (
+        "paper: MMLU auxiliary_train (30000 samples) on Llama-2-7B, 100 shadows, GPU",
+        {
+            "dataset": {"name": "mmlu", "max_train_rows": 33750},
+            "model": {"name": "meta-llama/Llama-2-7b-hf"},
+            "scoring": {"batch_size": 24},
+        },
+    ),
+    "mmlu-gemma": (
+        "paper: MMLU auxiliary_train (30000 samples) on Gemma-7B, 100 shadows, GPU",
+        {
+            "dataset": {"name": "mmlu", "max_train_rows": 33750},
+            "model": {"name": "google/gemma-7b", "layers": PAPER_LAYERS_GEMMA},
+            "scoring": {"batch_size": 16},
+        },
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return list(_PRESETS)
+
+
+def preset_descriptions() -> dict[str, str]:
+    return {name: description for name, (description, _) in _PRESETS.items()}
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The nested dict of a preset (defaults merged with its settings)."""
+    if name not in _PRESETS:
+        raise MemauditError(f"unknown preset {name!r}", f"use one of: {', '.join(_PRESETS)}")
+    data: dict[str, Any] = {"preset": name}
+    if name != "demo":
+        data = _deep_merge(data, _PAPER_COMMON)
+    return _deep_merge(data, _PRESETS[name][1])
+
+
+# ------------------------------------------------------------------------------------------- loading, overrides
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
+    """Validate a nested dict into a config; a bad value raises a one-line :class:`MemauditError`."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        more = f" and {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
+        raise MemauditError(
+            f"invalid {source}: {where}: {err['msg']}{got}{more}",
+            "correct that field in the config file or --set it (memaudit config show prints all fields)",
+        ) from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise MemauditError(f"config file {path} not found", "pass an existing YAML or JSON file")
+    try:
+        data = yaml.safe_load(path.read_text())  # JSON is a subset of YAML
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise MemauditError(f"config file {path} is not valid YAML/JSON{at}", "fix its syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MemauditError(f"config file {path} must hold a mapping at the top level", "write key: value pairs")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Apply one ``dotted.key=value`` override (value parsed as YAML) and return the new dict."""
+    if "=" not in assignment:
+        raise MemauditError(f"override {assignment!r} has no '='", "write --set section.field=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise MemauditError(f"override {assignment!r} has an empty key", "write --set section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    _check_path(parts, assignment)
+    nested: Any = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    return _deep_merge(data, nested)
+
+
+def _check_path(parts: list[str], assignment: str) -> None:
+    model: type[BaseModel] | None = ExperimentConfig
+    for depth, part in enumerate(parts):
+        if model is None:
+            return  # inside a dict/list field: pydantic validates the value
+        if part not in model.model_fields:
+            where = ".".join(parts[: depth + 1])
+            options = ", ".join(model.model_fields)
+            raise MemauditError(f"unknown config key {where!r} in --set {assignment}", f"use one of: {options}")
+        annotation = model.model_fields[part].annotation
+        model = _model_of(annotation)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def load_config(
+    preset: str | None = None,
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> ExperimentConfig:
+    """Build a config: preset (or the file's own ``preset:`` key), then the file, then ``--set`` overrides."""
+    file_data = read_config_file(path) if path else {}
+    base_preset = preset or file_data.get("preset")
+    data = preset_dict(base_preset) if base_preset else {}
+    data = _deep_merge(data, file_data)
+    if preset:
+        data["preset"] = preset
+    for assignment in overrides:
+        data = apply_override(data, assignment)
+    return config_from_dict(data, source=f"config file {path}" if path else "config")

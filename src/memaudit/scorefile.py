@@ -1,0 +1,130 @@
+"""The score file of one shadow (DESIGN §2): forward values on the whole train pool at every checkpoint.
+
+Stored as ``.npz`` (little-endian arrays). Required keys:
+
+| key | shape / type | meaning |
+|---|---|---|
+| ``global_index`` | int64 [N] | pool order |
+| ``member`` | bool [N] | in this shadow's training split |
+| ``label_index`` | int64 [N] | index of the inserted (possibly noisy) label among the options |
+| ``checkpoints`` / ``epochs`` | int64 [C] / float64 [C] | optimizer step and epoch of each checkpoint |
+| ``option_logits`` | float32 [C, N, K] | logits of the K option tokens at the answer position; absent = -inf |
+| ``loss`` | float32 [C, N] | answer-token cross-entropy over the full vocabulary |
+| ``layers`` | int64 [L] | hidden-state layers used |
+| ``psmi`` | float32 [C, L, N] | P-SMI of members (NaN for non-members) |
+
+Optional keys: ``shadow`` (int64 scalar), ``hidden`` float16 [C, L, N, d] (opt-in), and the held-out test
+rows ``test_global_index`` int64 [T], ``test_label_index`` int64 [T], ``test_option_logits`` float32
+[C, T, K], ``test_loss`` float32 [C, T].
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from memaudit.errors import MemauditError
+
+REQUIRED: dict[str, np.dtype] = {
+    "global_index": np.dtype("int64"),
+    "member": np.dtype("bool"),
+    "label_index": np.dtype("int64"),
+    "checkpoints": np.dtype("int64"),
+    "epochs": np.dtype("float64"),
+    "option_logits": np.dtype("float32"),
+    "loss": np.dtype("float32"),
+    "layers": np.dtype("int64"),
+    "psmi": np.dtype("float32"),
+}
+OPTIONAL: dict[str, np.dtype] = {
+    "shadow": np.dtype("int64"),
+    "hidden": np.dtype("float16"),
+    "test_global_index": np.dtype("int64"),
+    "test_label_index": np.dtype("int64"),
+    "test_option_logits": np.dtype("float32"),
+    "test_loss": np.dtype("float32"),
+}
+
+
+def _shapes_ok(a: dict[str, np.ndarray]) -> str | None:
+    """Return a description of the first inconsistent shape, or None."""
+    n = a["global_index"].shape[0]
+    c = a["checkpoints"].shape[0]
+    n_layers = a["layers"].shape[0]
+    expected = {
+        "global_index": (n,),
+        "member": (n,),
+        "label_index": (n,),
+        "checkpoints": (c,),
+        "epochs": (c,),
+        "loss": (c, n),
+        "psmi": (c, n_layers, n),
+    }
+    for key, shape in expected.items():
+        if a[key].shape != shape:
+            return f"{key} has shape {a[key].shape}, expected {shape}"
+    logits = a["option_logits"]
+    if logits.ndim != 3 or logits.shape[:2] != (c, n):
+        return f"option_logits has shape {logits.shape}, expected ({c}, {n}, K)"
+    if "hidden" in a and a["hidden"].shape[:3] != (c, n_layers, n):
+        return f"hidden has shape {a['hidden'].shape}, expected ({c}, {n_layers}, {n}, d)"
+    if "test_global_index" in a:
+        t = a["test_global_index"].shape[0]
+        for key, shape in {"test_label_index": (t,), "test_loss": (c, t)}.items():
+            if key in a and a[key].shape != shape:
+                return f"{key} has shape {a[key].shape}, expected {shape}"
+    if c == 0 or n == 0:
+        return "it holds no checkpoints or no samples"
+    return None
+
+
+def validate_scores(arrays: dict[str, np.ndarray], where: str = "score file") -> dict[str, np.ndarray]:
+    """Check keys, dtypes and shapes; returns the arrays cast to the schema's dtypes."""
+    missing = [k for k in REQUIRED if k not in arrays]
+    if missing:
+        raise MemauditError(f"{where} lacks key(s) {', '.join(missing)}", "re-run the score stage for it")
+    out: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        dtype = REQUIRED.get(key) or OPTIONAL.get(key)
+        value = np.asarray(value)
+        out[key] = value.astype(dtype.newbyteorder("<"), copy=False) if dtype is not None else value
+    problem = _shapes_ok(out)
+    if problem:
+        raise MemauditError(f"{where} is inconsistent: {problem}", "re-run the score stage for it")
+    return out
+
+
+def write_scores(path: str | Path, **arrays: np.ndarray) -> Path:
+    """Validate and write a score file atomically (temp file, then rename)."""
+    arrays = validate_scores(arrays)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_scores(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Read and validate a score file; ``keys`` limits which optional arrays are loaded (required always are)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MemauditError(f"score file {path} not found", "run the score stage for this shadow")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            wanted = [k for k in npz.files if keys is None or k in REQUIRED or k in keys]
+            arrays = {k: npz[k] for k in wanted}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise MemauditError(
+            f"score file {path} is corrupted ({type(exc).__name__})", "delete it and re-run the score stage"
+        ) from None
+    return validate_scores(arrays, where=f"score file {path}")

@@ -1,0 +1,167 @@
+import json
+
+import pytest
+
+from memaudit.cli import main
+from memaudit.config import (
+    LORA_TARGETS,
+    PAPER_LAYERS_32,
+    PAPER_LAYERS_GEMMA,
+    load_config,
+    preset_names,
+)
+from memaudit.errors import MemauditError
+
+PAPER = ["arc-mistral", "ethics-mistral", "mmlu-mistral", "mmlu-llama", "mmlu-gemma"]
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_presets_follow_method_section_3(name):
+    cfg = load_config(preset=name)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (8, 16, 0.5)
+    assert cfg.lora.target_modules == LORA_TARGETS and "lm_head" in cfg.lora.target_modules
+    t = cfg.training
+    assert (t.learning_rate, t.warmup_steps, t.batch_size, t.grad_accum, t.epochs, t.max_len) == (
+        2.5e-5,
+        5,
+        2,
+        2,
+        10,
+        512,
+    )
+    assert (cfg.checkpoints.per_epoch_in_first, cfg.checkpoints.every_epochs) == (5, 1)
+    assert cfg.dataset.label_noise == 0.03334
+    assert (cfg.shadows.n_shadows, cfg.shadows.target, cfg.shadows.scheme) == (100, 0, "paper")
+    assert cfg.model.layers == (PAPER_LAYERS_GEMMA if "gemma" in name else PAPER_LAYERS_32)
+    assert cfg.evaluation.memorized_fraction == 0.10 and cfg.evaluation.tpr_target == 0.75
+
+
+def test_paper_dataset_caps():
+    caps = {name: load_config(preset=name).dataset.max_train_rows for name in PAPER}
+    assert caps == {
+        "arc-mistral": 1078,
+        "ethics-mistral": 13901,
+        "mmlu-mistral": 33750,
+        "mmlu-llama": 33750,
+        "mmlu-gemma": 33750,
+    }
+
+
+def test_all_presets_validate_and_have_distinct_fingerprints():
+    fps = {load_config(preset=name).fingerprint() for name in preset_names()}
+    assert len(fps) == len(preset_names())
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "dataset.data_dir=/mnt/data",
+        "model.local_path=/models/m",
+        "scoring.batch_size=7",
+        "run.parallelism=32",
+        "scoring.device=cuda:1",
+        "run.image_gpu=x/y:1",
+        "evaluation.memorized_fraction=0.2",
+    ],
+)
+def test_fingerprint_ignores_paths_parallelism_and_logging(override):
+    base = load_config(preset="demo")
+    assert load_config(preset="demo", overrides=[override]).fingerprint() == base.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "training.learning_rate=1e-4",
+        "dataset.label_noise=0.1",
+        "model.layers=[1,2]",
+        "lora.dropout=0.1",
+        "shadows.n_shadows=8",
+        "scoring.psmi_directions=100",
+        "dataset.synthetic.seed=3",
+        "training.seed=1",
+    ],
+)
+def test_fingerprint_changes_with_results(override):
+    base = load_config(preset="demo")
+    assert load_config(preset="demo", overrides=[override]).fingerprint() != base.fingerprint()
+
+
+def test_evaluation_fingerprint_tracks_evaluation_only():
+    base = load_config(preset="demo")
+    changed = load_config(preset="demo", overrides=["evaluation.memorized_fraction=0.2"])
+    assert changed.evaluation_fingerprint() != base.evaluation_fingerprint()
+    assert load_config(preset="demo", overrides=["run.parallelism=9"]).evaluation_fingerprint() == (
+        base.evaluation_fingerprint()
+    )
+
+
+def test_fingerprint_is_stable_across_processes():
+    # same content, same digest: computed from canonical JSON, not from Python hashing
+    a = load_config(preset="arc-mistral").fingerprint()
+    b = load_config(path=None, preset="arc-mistral", overrides=["training.epochs=10"]).fingerprint()
+    assert a == b and len(a) == 16 and int(a, 16) >= 0
+
+
+def test_yaml_and_json_files_with_preset_key(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("preset: demo\ntraining:\n  epochs: 3\n")
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"preset": "demo", "training": {"epochs": 3}}))
+    cy, cj = load_config(path=y), load_config(path=j)
+    assert cy.training.epochs == cj.training.epochs == 3
+    assert cy.fingerprint() == cj.fingerprint()
+    assert cy.model.name == "tiny-llama"  # rest comes from the preset
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(preset="mmlu-gemma", overrides=["run.gpu_tolerations=[{key: nvidia.com/gpu}]"])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path=path)
+    assert again == cfg and again.fingerprint() == cfg.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["training.epochs=0"], "training.epochs"),
+        (["lora.dropout=1.5"], "lora.dropout"),
+        (["shadows.target=200"], "target 200"),
+        (["dataset.name=imagenet"], "dataset.name"),
+        (["training.nope=1"], "training.nope"),
+        (["trainingepochs"], "no '='"),
+        (["model.quantization=int3"], "model.quantization"),
+    ],
+)
+def test_invalid_config_is_one_line_naming_the_field(overrides, needle):
+    with pytest.raises(MemauditError) as info:
+        load_config(preset="demo", overrides=overrides)
+    message = str(info.value)
+    assert needle in message and "\n" not in message and "fix:" in message
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(MemauditError, match="unknown preset 'nope'"):
+        load_config(preset="nope")
+    with pytest.raises(MemauditError, match="not found"):
+        load_config(path=tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [1, 2\n")
+    with pytest.raises(MemauditError, match="not valid YAML"):
+        load_config(path=bad)
+
+
+def test_cli_bad_config_exits_2_without_traceback(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["config", "show", "--preset", "demo", "--set", "training.learning_rate=-1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid config: training.learning_rate") and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_cli_presets_lists_all(capsys):
+    main(["presets"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in preset_names())
