@@ -13,8 +13,9 @@ Stored as ``.npz`` (little-endian arrays). Required keys:
 | ``layers`` | int64 [L] | hidden-state layers used |
 | ``psmi`` | float32 [C, L, N] | P-SMI of members (NaN for non-members) |
 
-Optional keys: ``shadow`` (int64 scalar), ``hidden`` float16 [C, L, N, d] (opt-in), and the held-out test
-rows ``test_global_index`` int64 [T], ``test_label_index`` int64 [T], ``test_option_logits`` float32
+Optional keys: ``shadow`` (int64 scalar); ``psmi_std`` float32 [C, L, N] (std of P-SMI over directions,
+members only); ``mahalanobis`` float32 [C, L, N] (members only); ``hidden`` float16 [C, L, N, d] (opt-in); the
+held-out test rows ``test_global_index`` int64 [T], ``test_label_index`` int64 [T], ``test_option_logits`` float32
 [C, T, K], ``test_loss`` float32 [C, T].
 """
 
@@ -42,6 +43,8 @@ REQUIRED: dict[str, np.dtype] = {
 }
 OPTIONAL: dict[str, np.dtype] = {
     "shadow": np.dtype("int64"),
+    "psmi_std": np.dtype("float32"),
+    "mahalanobis": np.dtype("float32"),
     "hidden": np.dtype("float16"),
     "test_global_index": np.dtype("int64"),
     "test_label_index": np.dtype("int64"),
@@ -64,6 +67,7 @@ def _shapes_ok(a: dict[str, np.ndarray]) -> str | None:
         "loss": (c, n),
         "psmi": (c, n_layers, n),
     }
+    expected.update({k: (c, n_layers, n) for k in ("psmi_std", "mahalanobis") if k in a})
     for key, shape in expected.items():
         if a[key].shape != shape:
             return f"{key} has shape {a[key].shape}, expected {shape}"
