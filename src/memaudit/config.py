@@ -209,7 +209,12 @@ class RunConfig(_Section):
     cpu_resources: ResourceRequest = Field(default_factory=ResourceRequest)
     retries: int = Field(2, ge=0, description="retries of the GPU stages")
     retry_backoff_s: int = Field(60, ge=0)
-    s3_secret: str = Field("memaudit-s3", description="Kubernetes Secret holding the S3 credentials")
+    s3_secret: str = Field("memaudit-s3", description="Secret with MEMAUDIT_S3_ACCESS_KEY and MEMAUDIT_S3_SECRET_KEY")
+    env_config_map: str = Field(
+        "memaudit-env", description="ConfigMap with MEMAUDIT_S3_ENDPOINT/BUCKET/SECURE and MLFLOW_TRACKING_URI"
+    )
+    hf_token_secret: str = Field("memaudit-hf", description="optional Secret with HF_TOKEN (gated models)")
+    service_account: str = Field("", description="Kubernetes service account of the run's pods ('' = KFP default)")
     experiment: str = Field("memaudit", description="MLflow experiment name")
 
 
