@@ -57,6 +57,66 @@ def config_show(preset: PresetOpt = None, config: ConfigOpt = None, set_: SetOpt
     typer.echo(cfg.to_yaml(), nl=False)
 
 
+def _config_inputs(config: Path | None, overrides: list[str] | None) -> tuple[str, str]:
+    """The config file's text and the overrides as lines: the pipeline parameters' defaults."""
+    text = config.read_text() if config and config.is_file() else ""
+    return text, "\n".join(overrides or [])
+
+
+@app.command("compile")
+def compile_cmd(
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output: Annotated[Path | None, typer.Option(help="IR YAML to write (default: the committed one)")] = None,
+    kubernetes_manifest: Annotated[
+        Path | None, typer.Option(help="also write Pipeline/PipelineVersion resources (pipelines.kubeflow.org)")
+    ] = None,
+    namespace: Annotated[str | None, typer.Option(help="namespace of the Kubernetes resources")] = None,
+) -> None:
+    """Compile the pipeline to KFP IR YAML (upload it in the KFP UI)."""
+    cfg = resolve_config(preset, config, set_)
+    from memaudit.pipelines.compile import COMPILED, compile_pipeline
+
+    config_yaml, overrides = _config_inputs(config, set_)
+    written = compile_pipeline(
+        cfg,
+        output or COMPILED,
+        config_yaml=config_yaml,
+        overrides=overrides,
+        kubernetes_manifest=kubernetes_manifest,
+        namespace=namespace,
+    )
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def submit(
+    host: Annotated[
+        str, typer.Option(help="KFP API endpoint, e.g. http://localhost:8080", envvar="KF_PIPELINES_ENDPOINT")
+    ],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    experiment: Annotated[str | None, typer.Option(help="KFP experiment (default: run.experiment)")] = None,
+    run_name: Annotated[str | None, typer.Option(help="name of the run")] = None,
+    namespace: Annotated[str | None, typer.Option(help="KFP namespace (multi-user installs)")] = None,
+    token: Annotated[str | None, typer.Option(help="bearer token", envvar="KF_PIPELINES_TOKEN")] = None,
+) -> None:
+    """Compile the pipeline for this config, upload it to a KFP API and start a run."""
+    cfg = resolve_config(preset, config, set_)
+    import contextlib
+    import io
+
+    from memaudit.pipelines.submit import submit_run
+
+    with contextlib.redirect_stdout(io.StringIO()):  # kfp.Client prints links of its own
+        result = submit_run(cfg, host=host, experiment=experiment, run_name=run_name, namespace=namespace, token=token)
+    typer.echo(f"run {result.run_id} started (pipeline version {result.version_id})")
+    typer.echo(f"follow it at {result.run_url}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning :class:`MemauditError` into one line on stderr and exit code 2."""
     try:

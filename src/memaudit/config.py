@@ -285,7 +285,11 @@ _PAPER_COMMON: dict[str, Any] = {
     "lora": {"r": 8, "alpha": 16, "dropout": 0.5},
     "training": {"learning_rate": 2.5e-5, "warmup_steps": 5, "batch_size": 2, "grad_accum": 2, "epochs": 10},
     "shadows": {"n_shadows": 100, "target": 0, "scheme": "paper"},
-    "run": {"parallelism": 8, "gpu_node_selector": {"memaudit.io/pool": "gpu"}},
+    "run": {
+        "parallelism": 8,
+        "gpu_node_selector": {"memaudit.io/pool": "gpu"},
+        "gpu_tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
 }
 
 _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
