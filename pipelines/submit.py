@@ -22,6 +22,31 @@ class Submission:
     experiment_id: str
 
 
+def _check_api(host: str, token: str | None, timeout_s: float = 10.0) -> None:
+    """Fail fast, in one line, when the API is unreachable or refuses us (kfp.Client would retry for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{host.rstrip('/')}/apis/v2beta1/healthz")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as exc:
+        raise MemauditError(
+            f"the Kubeflow Pipelines API at {host} refused the request (HTTP {exc.code} {exc.reason})",
+            "check --host, --namespace and your credentials (--token or KF_PIPELINES_TOKEN)",
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MemauditError(
+            f"cannot reach the Kubeflow Pipelines API at {host} ({reason})",
+            "check --host (e.g. kubectl port-forward svc/ml-pipeline-ui 8080:80 -n kubeflow, then "
+            "--host http://localhost:8080)",
+        ) from None
+
+
 def _client(host: str, namespace: str | None, token: str | None):
     import kfp
 
@@ -55,6 +80,7 @@ def submit_run(
     from kfp_server_api.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
+    _check_api(host, token)
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "audit.yaml"
         compile_pipeline(cfg, package)

@@ -23,6 +23,7 @@ class FakeKfpApi:
         self.runs: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.packages: dict[str, dict] = {}  # version id -> parsed pipeline spec
+        self.refuse_with: int | None = None  # answer every request with this HTTP status (e.g. 403)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -53,6 +54,8 @@ class FakeKfpApi:
 
             def do_GET(self):
                 api.requests.append(("GET", self.path))
+                if api.refuse_with:
+                    return self._reply(api.refuse_with, {"error": "refused", "code": 7})
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
                 parts = url.path.strip("/").split("/")
@@ -75,6 +78,8 @@ class FakeKfpApi:
 
             def do_POST(self):
                 api.requests.append(("POST", self.path))
+                if api.refuse_with:
+                    return self._reply(api.refuse_with, {"error": "refused", "code": 7})
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
                 length = int(self.headers.get("Content-Length") or 0)
