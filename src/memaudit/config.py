@@ -477,3 +477,39 @@ def load_config(
     for assignment in overrides:
         data = apply_override(data, assignment)
     return config_from_dict(data, source=f"config file {path}" if path else "config")
+
+
+def config_from_parameters(
+    preset: str = "",
+    config_yaml: str = "",
+    overrides: str = "",
+    n_shadows: int = 0,
+    dataset: str = "",
+    model: str = "",
+) -> ExperimentConfig:
+    """The config of a pipeline run from its parameters (KFP UI fields; empty/0 = keep).
+
+    Order: preset, then the config text (YAML/JSON; its own ``preset:`` key is used when ``preset`` is empty),
+    then the ``key=value`` override lines, then ``n_shadows``, ``dataset`` (dataset.name) and ``model``
+    (model.name).
+    """
+    try:
+        file_data = yaml.safe_load(config_yaml) if config_yaml.strip() else {}
+    except yaml.YAMLError:
+        raise MemauditError("the config_yaml parameter is not valid YAML/JSON", "fix its syntax") from None
+    if not isinstance(file_data, dict):
+        raise MemauditError("the config_yaml parameter must hold a mapping", "write key: value pairs")
+    base_preset = preset or file_data.get("preset")
+    data = _deep_merge(preset_dict(base_preset) if base_preset else {}, file_data)
+    if preset:
+        data["preset"] = preset
+    lines = [line.strip() for line in overrides.replace(";", "\n").splitlines() if line.strip()]
+    if n_shadows:
+        lines.append(f"shadows.n_shadows={n_shadows}")
+    if dataset:
+        lines.append(f"dataset.name={dataset}")
+    if model:
+        lines.append(f"model.name={model}")
+    for assignment in lines:
+        data = apply_override(data, assignment)
+    return config_from_dict(data, source="pipeline parameters")
