@@ -76,7 +76,7 @@ def test_read_rejects_missing_corrupt_and_mismatched_files(tmp_path):
     good = write_membership(membership_matrix(2, 10), tmp_path / "m.npy")
     broken = tmp_path / "broken.npy"
     broken.write_bytes(good.read_bytes()[:60])
-    with pytest.raises(MemauditError, match="not a readable .npy"):
+    with pytest.raises(MemauditError, match=r"not a readable \.npy"):
         read_membership(broken)
     floats = tmp_path / "floats.npy"
     np.save(floats, np.zeros((2, 10)))
