@@ -17,6 +17,7 @@ from memaudit.config import load_config
 from memaudit.data import build_pool, label_noise, pool_summary
 from memaudit.errors import MemauditError
 from memaudit.pool import read_pool, train_pool
+from memaudit.sources import SPECS, discover, load_split
 from memaudit.splits import read_membership
 from memaudit.templates import format_ethics, format_mcq
 
@@ -262,6 +263,96 @@ def test_mmlu_upstream_csv_and_hf_parquet_layouts(tmp_path):
     pd.testing.assert_frame_equal(pool[cols], hf_pool[cols])
     subst = build_pool(cfg_for("mmlu", train_split="test"), data_dir=up, progress=False)
     assert len(subst) == 7 and set(subst.subject) == {"anatomy"}
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "files", "expected"),
+    [
+        (
+            "arc",
+            "ARC-Challenge",
+            [
+                "ARC-Challenge/ai2_arc-train.parquet",
+                "ARC-Challenge/test/0000.parquet",
+                "ARC-Easy/ai2_arc-train.parquet",
+            ],
+            {"train": ["ARC-Challenge/ai2_arc-train.parquet"], "test": ["ARC-Challenge/test/0000.parquet"]},
+        ),
+        (
+            "arc",
+            "ARC-Challenge",
+            ["arc/ARC-Challenge-Train.jsonl", "arc/ARC-Challenge-Dev.jsonl", "arc/ARC-Easy-Train.jsonl"],
+            {"train": ["ARC-Challenge-Train.jsonl"], "validation": ["ARC-Challenge-Dev.jsonl"]},
+        ),
+        (
+            "ethics",
+            "commonsense",
+            ["data/commonsense/train.csv", "data/commonsense/test.csv", "data/justice/train.csv"],
+            {"train": ["data/commonsense/train.csv"], "test": ["data/commonsense/test.csv"]},
+        ),
+        (
+            "ethics",
+            "commonsense",
+            ["ethics/commonsense/ethics-validation.parquet", "ethics/commonsense/cm_ambig.csv"],
+            {"validation": ["commonsense/ethics-validation.parquet"], "ambig": ["commonsense/cm_ambig.csv"]},
+        ),
+        (
+            "mmlu",
+            "all",
+            ["all/validation-00000-of-00001.parquet", "auxiliary_train/train-00000-of-00001.parquet", "README.md"],
+            {"validation": ["all/validation-00000-of-00001.parquet"]},
+        ),
+        (
+            "mmlu",
+            "all",
+            [
+                "data/auxiliary_train/race.csv",
+                "data/auxiliary_train/obqa.csv",
+                "data/val/x_val.csv",
+                "data/dev/x_dev.csv",
+            ],
+            {
+                "auxiliary_train": ["auxiliary_train/obqa.csv", "auxiliary_train/race.csv"],
+                "validation": ["val/x_val.csv"],
+                "dev": ["dev/x_dev.csv"],
+            },
+        ),
+    ],
+)
+def test_discover_recognises_upstream_and_hub_file_names(tmp_path, name, config, files, expected):
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    root, groups = discover(tmp_path, SPECS[name], config)
+    assert {split: [p.relative_to(root).as_posix() for p in paths] for split, paths in groups.items()} == expected
+
+
+def test_arc_original_release_rows_read_like_the_hf_layout(tmp_path):
+    hf = arc_rows(6, "train")
+    release = [
+        {
+            "id": r["id"],
+            "question": {
+                "stem": r["question"],
+                "choices": [
+                    {"text": t, "label": lab}
+                    for t, lab in zip(r["choices"]["text"], r["choices"]["label"], strict=True)
+                ],
+            },
+            "answerKey": r["answerKey"],
+        }
+        for r in hf
+    ]
+    a = load_split(
+        SPECS["arc"],
+        write_jsonl(tmp_path / "a" / "ARC-Challenge-Train.jsonl", release).parent,
+        "ARC-Challenge",
+        "train",
+    )
+    b = load_split(
+        SPECS["arc"], write_jsonl(tmp_path / "b" / "ARC-Challenge-train.jsonl", hf).parent, "ARC-Challenge", "train"
+    )
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_ethics_and_mmlu_sizes_match_method(tmp_path):

@@ -157,5 +157,4 @@ def pool_summary(pool: pd.DataFrame) -> dict[str, Any]:
         "share_random_labels": float((train["label_status"] == 0).mean()),
         "share_wrong_labels": float((train["label_index"] != train["gold_index"]).mean()),
         "options_per_sample": dict(sorted(n_options.items())),
-        "global_index_range": (int(pool["global_index"].min()), int(pool["global_index"].max())),
     }

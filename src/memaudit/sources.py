@@ -167,7 +167,10 @@ def discover(root: Path, spec: SourceSpec, config: str) -> tuple[Path, dict[str,
     return root, groups
 
 
-def resolve_split(groups: dict[str, list[Path]], requested: str, spec: SourceSpec, where: Path) -> list[Path]:
+def resolve_split(
+    groups: dict[str, list[Path]], requested: str, spec: SourceSpec, where: Path
+) -> tuple[str, list[Path]]:
+    """The canonical split name and its files; an unknown name raises, listing the available splits."""
     name = requested.lower()
     name = spec.split_aliases.get(name, name)
     if name not in groups:
@@ -177,7 +180,7 @@ def resolve_split(groups: dict[str, list[Path]], requested: str, spec: SourceSpe
             f"{spec.name} split {requested!r} not found under {where} (available: {available})",
             "set dataset.train_split / dataset.test_split to one of the available splits",
         )
-    return groups[name]
+    return name, groups[name]
 
 
 # ---------------------------------------------------------------------------------------------------- file reading
@@ -342,7 +345,7 @@ def load_split(
     root, groups = discover(root, spec, config)
     if not groups:
         raise MemauditError(f"no {spec.name} data files found under {root}", f"expected the layout {spec.layout}")
-    files = resolve_split(groups, split, spec, root)
+    split, files = resolve_split(groups, split, spec, root)
     rows: list[dict[str, Any]] = []
     for path in tqdm(files, desc=f"reading {spec.name} {split}", disable=not progress or len(files) < 4):
         remaining = None if limit is None else limit - len(rows)
