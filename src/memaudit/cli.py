@@ -117,6 +117,57 @@ def submit(
     typer.echo(f"follow it at {result.run_url}")
 
 
+@stage_app.command("prepare")
+def stage_prepare(
+    output: Annotated[Path, typer.Option("--output", "-o", help="pool file to write (parquet)")],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="local copy of the dataset in its upstream layout (no Hub)")
+    ] = None,
+) -> None:
+    """Build the pool (sources, hold-out, templates, label noise) and write pool.parquet."""
+    from memaudit.data import build_pool, pool_summary
+    from memaudit.pool import write_pool
+
+    cfg = resolve_config(preset, config, set_)
+    pool = build_pool(cfg, data_dir=data_dir)
+    write_pool(pool, output)
+    summary = pool_summary(pool)
+    options = ", ".join(f"{k}: {v}" for k, v in summary["options_per_sample"].items())
+    typer.echo(f"wrote {output}: dataset {cfg.dataset.name}, {summary['n_train']} train + {summary['n_test']} test")
+    typer.echo(
+        f"random labels {summary['share_random_labels']:.2%}, wrong labels {summary['share_wrong_labels']:.2%} "
+        f"of train; options per sample {{{options}}}"
+    )
+
+
+@stage_app.command("split")
+def stage_split(
+    pool: Annotated[Path, typer.Option("--pool", help="pool file from memaudit stage prepare")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="membership matrix to write (.npy)")],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Draw which train-pool samples each shadow trains on and write the membership matrix."""
+    from memaudit.pool import read_pool, train_pool
+    from memaudit.splits import membership_matrix, write_membership
+
+    cfg = resolve_config(preset, config, set_)
+    n_samples = len(train_pool(read_pool(pool)))
+    shadows = cfg.shadows
+    member = membership_matrix(shadows.n_shadows, n_samples, scheme=shadows.scheme, seed=shadows.seed)
+    write_membership(member, output)
+    per_model, per_sample = member.sum(axis=1), member.sum(axis=0)
+    typer.echo(f"wrote {output}: {shadows.n_shadows} models x {n_samples} samples, scheme {shadows.scheme}")
+    typer.echo(
+        f"members per model {per_model.min()}-{per_model.max()}; "
+        f"memberships per sample min {per_sample.min()}, max {per_sample.max()}, mean {per_sample.mean():.2f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning :class:`MemauditError` into one line on stderr and exit code 2."""
     try:

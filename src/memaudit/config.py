@@ -42,8 +42,9 @@ class SyntheticConfig(_Section):
 
     n_samples: int = Field(1200, gt=8, description="rows generated before the test hold-out")
     n_options: int = Field(4, ge=2, le=8, description="options per item")
-    n_categories: int = Field(4, ge=2, description="categories of the rule")
-    words_per_category: int = Field(12, ge=2, description="keywords per category")
+    n_categories: int = Field(4, ge=2, le=16, description="categories of the rule")
+    words_per_category: int = Field(64, ge=2, description="keywords per category (a long tail of rare ones)")
+    keyword_zipf: float = Field(1.0, ge=0, description="Zipf exponent of keyword frequencies (the rare tail)")
     n_filler_words: int = Field(40, ge=4, description="size of the filler vocabulary")
     min_length: int = Field(4, ge=1, description="fewest words in a question")
     max_length: int = Field(9, ge=1, description="most words in a question")
