@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
-from memaudit.config import Toleration, load_config, preset_dict
+from memaudit.config import Toleration, config_from_parameters, load_config, preset_dict
 from tests.test_chart import ENGINE, SCHEMA, VALUES, _by_kind, _deep_merge, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,8 +170,16 @@ def test_offline_block_runs(workdir, index):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     if "memaudit compile" in OFFLINE[index]:
-        spec = next(yaml.safe_load_all((workdir / "audit.yaml").read_text()))
+        spec = next(yaml.safe_load_all((workdir / "audit.yaml").read_text()))  # valid YAML, header included
         assert spec["pipelineInfo"]["name"] == "memaudit-audit"
+        defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+        compiled = config_from_parameters(defaults["preset"], defaults["config_yaml"], defaults["overrides"])
+        assert compiled.preset == "arc-mistral"
+        if "gpu_tolerations" in OFFLINE[index]:  # the AKS toleration reaches the GPU tasks' pod spec
+            assert [t.key for t in compiled.run.gpu_tolerations] == ["sku"]
+            platform = list(yaml.safe_load_all((workdir / "audit.yaml").read_text()))[1]
+            executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+            assert executors["exec-finetune"]["tolerations"][0]["key"] == "sku"
     if "--kubernetes-manifest" in OFFLINE[index]:
         kinds = {doc["kind"] for doc in yaml.safe_load_all((workdir / "audit-k8s.yaml").read_text()) if doc}
         assert kinds == {"Pipeline", "PipelineVersion"}
