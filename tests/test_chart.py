@@ -12,6 +12,7 @@ against the local KFP REST server. Without either, those tests skip and say so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -460,3 +461,79 @@ def test_bucket_job_creates_the_pipeline_and_mlflow_buckets():
     assert container["args"] == [VALUES["s3"]["bucket"], VALUES["mlflow"]["artifactsBucket"]]
     sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
     assert sources == {RunConfig().env_config_map, RunConfig().s3_secret}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, host: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@needs_helm
+@pytest.mark.integration
+def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only(tmp_path):
+    """The rendered `mlflow server` command, run here: storage and bind address swapped for local ones."""
+    import time
+    import urllib.error
+
+    kinds = _by_kind(render(CREDS))
+    container = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    port = _free_port()
+    local = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--workers": "1",
+        "--backend-store-uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "--artifacts-destination": str(tmp_path / "artifacts"),
+    }
+    args = [f"{a.split('=')[0]}={local[a.split('=')[0]]}" if a.split("=")[0] in local else a for a in container["args"]]
+    mlflow = Path(sys.executable).parent / container["command"][0]
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(  # own session: the server's workers and job consumers are stopped with it
+        [str(mlflow), *container["command"][1:], *args], cwd=tmp_path, stdout=log, stderr=log, start_new_session=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if _get(f"{base}/health", "localhost") == 200:
+                    break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
+            time.sleep(1)
+        search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
+        for host in (
+            "memaudit-mlflow",
+            "memaudit-mlflow.kubeflow:5000",
+            "memaudit-mlflow.kubeflow.svc.cluster.local:5000",
+        ):
+            assert _get(search, host) == 200, host
+        assert _get(search, f"localhost:{port}") == 200  # kubectl port-forward
+        assert _get(search, "attacker.example.com") == 403
+    finally:
+        import os
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        time.sleep(2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # consumers that outlived the server
+        log.close()
