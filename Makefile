@@ -34,7 +34,7 @@ compile: $(STAMP)
 	$(BIN)/memaudit compile --preset arc-mistral
 
 images: $(STAMP)
-	$(BIN)/memaudit images build
+	PYTHON=$(BIN)/python bash images/build.sh $(IMAGES_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py

@@ -6,13 +6,14 @@ functions). Problems with the user's input end with a one-line message on stderr
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from memaudit.config import ExperimentConfig, load_config, preset_descriptions
+from memaudit.config import ExperimentConfig, load_config, preset_descriptions, read_config_file
 from memaudit.errors import MemauditError
 
 app = typer.Typer(
@@ -58,9 +59,13 @@ def config_show(preset: PresetOpt = None, config: ConfigOpt = None, set_: SetOpt
 
 
 def _config_inputs(config: Path | None, overrides: list[str] | None) -> tuple[str, str]:
-    """The config file's text and the overrides as lines: the pipeline parameters' defaults."""
-    text = config.read_text() if config and config.is_file() else ""
-    return text, "\n".join(overrides or [])
+    """The config file (as one-line JSON) and the overrides (joined by '; '): the pipeline parameters' defaults.
+
+    One line each, because kfp copies parameter defaults into the compiled file's header comment, where a
+    newline would end the comment and make the YAML invalid.
+    """
+    data = read_config_file(config) if config else {}
+    return (json.dumps(data) if data else ""), "; ".join(overrides or [])
 
 
 @app.command("compile")

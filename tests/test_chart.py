@@ -1,0 +1,539 @@
+"""The Helm chart (charts/memaudit).
+
+Without helm: the templates parse as Go templates (tests/gotemplate.py), every ``.Values`` path they use exists
+and every value is used, values.yaml satisfies values.schema.json and the schema rejects typical mistakes, and
+the run config the chart carries is a valid memaudit config whose names match the pipeline's contract.
+
+With Helm's engine (the ``helm`` CLI when it is on PATH, else the helm-python-sdk dev dependency, which binds
+Helm's Go SDK): ``helm lint --strict``, rendering with several value sets, kubernetes-validate --strict on every
+manifest, the security and label conventions on the rendered pods, and the submit Job's exact command line run
+against the local KFP REST server. Without either, those tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from memaudit.config import RunConfig, load_config
+from memaudit.pipelines.audit import ENV_CONFIG_KEYS, S3_SECRET_KEYS
+from tests import gotemplate
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "memaudit"
+TEMPLATES = sorted((CHART / "templates").iterdir())
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+CREDS = {"s3": {"accessKey": "minio", "secretKey": "minio123"}}
+STANDARD_LABELS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+}
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# ------------------------------------------------------------------------------------- template structure
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return {path.name: gotemplate.check(path.name, path.read_text()) for path in TEMPLATES}
+
+
+def test_templates_parse_as_go_templates(reports):
+    errors = [error for report in reports.values() for error in report.errors]
+    assert not errors, "\n".join(errors)
+    assert {"_helpers.tpl", "NOTES.txt"} <= set(reports)
+
+
+def test_every_include_names_a_defined_template(reports):
+    defined = [name for report in reports.values() for name in report.defines]
+    assert len(defined) == len(set(defined)), "a template name is defined twice"
+    used = {name for report in reports.values() for name in report.includes}
+    assert used <= set(defined), f"include of undefined templates: {used - set(defined)}"
+    assert set(defined) <= used, f"templates defined but never included: {set(defined) - used}"
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("{{ if .Values.a }}x", "never closed by 'end'"),
+        ("x{{ end }}", "'end' without an open block"),
+        ("{{ else }}", "'else' outside"),
+        ("{{ .Values.a", "never closed"),
+        ("a: {{ .Values.a }}}}", "outside an action"),
+        ('{{ include "x" (dict "a" 1 }}', "unbalanced parentheses"),
+        ("{{- /* note */ -}}{{ range .Values.l }}{{ with . }}{{ end }}", "'range' opened here"),
+        ('{{ define "a" }}{{ if .X }}{{ else if .Y }}{{ end }}', "'define' opened here"),
+    ],
+)
+def test_checker_rejects_broken_templates(source, problem):
+    report = gotemplate.check("t.yaml", source)
+    assert any(problem in error for error in report.errors), report.errors
+
+
+def test_checker_accepts_strings_and_comments_with_braces():
+    source = '{{/* a }} b */}}{{ printf "}}{{%s" .Values.a.b }}{{- if eq `}}` "x" }}y{{ else }}z{{ end -}}'
+    report = gotemplate.check("t.yaml", source)
+    assert report.errors == []
+    assert report.values_paths == {("a", "b")}
+
+
+def _value_leaves(node, prefix=()):
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _value_leaves(value, (*prefix, key))
+    else:
+        yield prefix
+
+
+def _exists(path: tuple[str, ...]) -> bool:
+    node = VALUES
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def test_every_values_path_in_the_templates_exists_in_values_yaml(reports):
+    missing = {
+        f"{name}: .Values.{'.'.join(path)}"
+        for name, report in reports.items()
+        for path in report.values_paths
+        if not _exists(path)
+    }
+    assert not missing, sorted(missing)
+
+
+def test_every_value_is_used_by_a_template(reports):
+    used = {path for report in reports.values() for path in report.values_paths}
+    unused = [".".join(leaf) for leaf in _value_leaves(VALUES) if not any(leaf[: len(path)] == path for path in used)]
+    assert not unused, f"values no template reads: {unused}"
+
+
+# --------------------------------------------------------------------------------------- values and schema
+
+
+def _validate(values: dict) -> None:
+    jsonschema.validate(values, SCHEMA, cls=jsonschema.Draft7Validator)
+
+
+def test_values_yaml_satisfies_the_schema():
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
+    _validate(VALUES)
+    _validate(_deep_merge(VALUES, {"submit": {"enabled": True, "set": ["shadows.n_shadows=8"]}, **CREDS}))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"mlfow": {"enabled": False}},  # typo at the top level
+        {"s3": {"acessKey": "x"}},  # typo in a section
+        {"config": {"run": {"paralelism": 4}}},  # typo in the run config
+        {"config": {"runn": {}}},
+        {"config": {"run": {"parallelism": 0}}},
+        {"config": {"run": {"parallelism": "8"}}},
+        {"config": {"run": {"gpu_resources": {"cpu": 8, "memory": "64Gi"}}}},  # memaudit wants a string
+        {"config": {"run": {"gpu_tolerations": [{"key": "nvidia.com/gpu", "operator": "exists"}]}}},
+        {"config": {"run": {"gpu_node_selector": {"pool": True}}}},
+        {"config": {"run": {"s3_secret": "Memaudit_S3"}}},  # not a Kubernetes name
+        {"s3": {"endpoint": "minio-service.kubeflow:9000"}},  # no scheme
+        {"s3": {"bucket": "My_Bucket"}},
+        {"mlflow": {"port": 70000}},
+        {"mlflow": {"persistence": {"size": "5GB"}}},
+        {"image": {"pullPolicy": "IfNotPreset"}},
+        {"submit": {"set": ["shadows.n_shadows"]}},  # no '='
+        {"buckets": {"resources": {"requests": {"cpu": "lots"}}}},
+    ],
+)
+def test_schema_rejects_wrong_values(change):
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(_deep_merge(VALUES, change))
+
+
+def test_schema_run_fields_are_memaudits_run_fields():
+    run_schema = SCHEMA["properties"]["config"]["properties"]["run"]
+    assert set(run_schema["properties"]) == set(RunConfig.model_fields)
+    toleration = run_schema["properties"]["gpu_tolerations"]["items"]["properties"]
+    assert set(toleration) == {"key", "operator", "value", "effect"}
+
+
+def test_chart_run_defaults_equal_memaudits_defaults():
+    defaults = RunConfig()
+    run = VALUES["config"]["run"]
+    for field in ("image_gpu", "image_cpu", "s3_secret", "env_config_map", "hf_token_secret", "service_account"):
+        assert run[field] == getattr(defaults, field), field
+
+
+@pytest.mark.parametrize("preset", ["demo", "arc-mistral", "mmlu-gemma"])
+def test_chart_config_is_a_valid_memaudit_config_on_top_of_each_preset(tmp_path, preset):
+    config = _deep_merge(VALUES["config"], {"preset": preset})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cfg = load_config(path=path)
+    assert cfg.preset == preset
+    # the chart sets only names and images: the preset's GPU scheduling survives
+    assert cfg.run.parallelism == load_config(preset=preset).run.parallelism
+    assert cfg.run.gpu_node_selector == load_config(preset=preset).run.gpu_node_selector
+
+
+# ------------------------------------------------------------------------------------ with Helm's engine
+
+
+def _engine() -> str | None:
+    if shutil.which("helm"):
+        return "helm-cli"
+    try:
+        import helm_python  # noqa: F401
+    except ImportError:
+        return None
+    return "helm-python-sdk"
+
+
+ENGINE = _engine()
+needs_helm = pytest.mark.skipif(
+    ENGINE is None,
+    reason="helm lint/template did NOT run: no `helm` on PATH and helm-python-sdk is not installed "
+    "(the structural, values and schema tests above still ran)",
+)
+
+
+def render(values: dict, *, namespace: str = "kubeflow", release: str = "memaudit") -> list[dict]:
+    """Rendered manifests (hooks included, NOTES.txt left out) of the chart with ``values`` over the defaults."""
+    if ENGINE == "helm-cli":
+        proc = subprocess.run(
+            ["helm", "template", release, str(CHART), "--namespace", namespace, "--values", "-"],
+            input=yaml.safe_dump(values),
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode:
+            raise RuntimeError(proc.stderr)
+        texts = [proc.stdout]
+    else:
+        import helm_python
+
+        with helm_python.Chart.load(CHART) as chart:
+            out = chart.render(values, name=release, namespace=namespace, is_install=True)
+        texts = [text for name, text in sorted(out.items()) if not name.endswith("NOTES.txt")]
+    return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+
+
+def _by_kind(docs: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+
+
+def _pod_specs(docs):
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "Job"}:
+            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+
+
+@needs_helm
+@pytest.mark.parametrize("engine", [ENGINE])
+def test_helm_lint_strict_passes(engine):
+    if engine == "helm-cli":
+        proc = subprocess.run(
+            ["helm", "lint", "--strict", str(CHART), "--set", "s3.accessKey=a", "--set", "s3.secretKey=b"],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    else:
+        import helm_python
+
+        report = helm_python.lint(CHART, {"s3": {"accessKey": "a", "secretKey": "b"}}, strict=True)
+        problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 = warning, 3 = error
+        assert not problems and not report["errors"], report
+
+
+VARIANTS = {
+    "defaults": CREDS,
+    "submit": {
+        **CREDS,
+        "submit": {
+            "enabled": True,
+            "experiment": "audits",
+            "runName": "smoke",
+            "set": ["shadows.n_shadows=4", "run.parallelism=2"],
+            "tokenSecret": "kfp-token",
+        },
+        "hf": {"token": "hf_x"},
+    },
+    "existing-secret-external-db": {
+        "s3": {"existingSecret": "my-s3", "endpoint": "https://s3.eu-west-1.amazonaws.com"},
+        "mlflow": {"backendStore": {"existingSecret": "mlflow-db"}},
+        "image": {"pullSecrets": ["regcred"]},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/memaudit"}},
+    },
+    "no-mlflow-no-rbac": {
+        **CREDS,
+        "mlflow": {"enabled": False, "trackingUri": "http://mlflow.tools:5000"},
+        "rbac": {"create": False},
+        "buckets": {"create": False},
+        "nodeSelector": {"pool": "cpu"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+}
+
+
+@needs_helm
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_rendered_manifests_are_valid_kubernetes(variant):
+    docs = render(VARIANTS[variant])
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+@needs_helm
+def test_helm_template_output_passes_the_kubernetes_validate_cli():
+    text = "---\n".join(yaml.safe_dump(doc) for doc in render(VARIANTS["submit"]))
+    cli = Path(sys.executable).parent / "kubernetes-validate"
+    proc = subprocess.run([str(cli), "--strict", "-"], input=text, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("passed") == len(render(VARIANTS["submit"]))
+
+
+@needs_helm
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_pods_are_locked_down_and_resources_labelled(variant):
+    docs = render(VARIANTS[variant])
+    for doc in docs:
+        assert set(doc["metadata"]["labels"]) >= STANDARD_LABELS, doc["metadata"]["name"]
+    for name, pod in _pod_specs(docs):
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False, name
+            assert ctx["capabilities"]["drop"] == ["ALL"], name
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+            assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
+
+
+@needs_helm
+def test_default_render_has_what_a_run_needs_with_the_pipelines_names():
+    docs = _by_kind(render(CREDS))
+    run = RunConfig()
+    secret = docs[("Secret", run.s3_secret)]
+    assert set(secret["stringData"]) == set(S3_SECRET_KEYS)
+    env = docs[("ConfigMap", run.env_config_map)]["data"]
+    assert set(env) == set(ENV_CONFIG_KEYS)
+    assert env["MEMAUDIT_S3_SECURE"] == "false"
+    assert env["MLFLOW_TRACKING_URI"] == "http://memaudit-mlflow.kubeflow.svc.cluster.local:5000"
+    assert ("Service", "memaudit-mlflow") in docs and ("PersistentVolumeClaim", "memaudit-mlflow") in docs
+    assert ("Job", "memaudit-buckets") in docs and not any(kind == "Job" and "submit" in n for kind, n in docs)
+    assert ("Secret", run.hf_token_secret) not in docs  # only with hf.token
+    binding = docs[("RoleBinding", "memaudit-pipeline")]
+    assert binding["subjects"][0]["name"] == VALUES["serviceAccount"]["name"]
+
+
+@needs_helm
+def test_missing_s3_credentials_fail_the_render_naming_the_value():
+    with pytest.raises(Exception, match=r"s3\.accessKey"):
+        render({})
+
+
+@needs_helm
+def test_existing_secret_replaces_the_chart_secret_everywhere():
+    docs = render(VARIANTS["existing-secret-external-db"])
+    kinds = _by_kind(docs)
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert ("PersistentVolumeClaim", "memaudit-mlflow") not in kinds
+    run_config = yaml.safe_load(kinds[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
+    assert run_config["run"]["s3_secret"] == "my-s3"
+    assert kinds[("ConfigMap", "memaudit-env")]["data"]["MEMAUDIT_S3_SECURE"] == "true"
+    mlflow = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]
+    refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in mlflow["containers"][0]["env"] if "valueFrom" in e]
+    assert refs == ["mlflow-db", "my-s3", "my-s3"]
+    assert mlflow["imagePullSecrets"] == [{"name": "regcred"}]
+    for _, pod in _pod_specs(docs):
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    assert source["secretRef"]["name"] == "my-s3"
+
+
+@needs_helm
+def test_mlflow_server_command_proxies_artifacts_to_the_bucket():
+    kinds = _by_kind(render(CREDS))
+    container = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["mlflow", "server"]
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"] if "=" in arg)
+    assert args["artifacts-destination"] == f"s3://{VALUES['mlflow']['artifactsBucket']}"
+    assert "--serve-artifacts" in container["args"]
+    hosts = args["allowed-hosts"].split(",")
+    assert {"memaudit-mlflow.kubeflow.svc.cluster.local:*", "localhost:*"} <= set(hosts)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == VALUES["s3"]["endpoint"]
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("sqlite:////data/")
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/data", "/tmp"} <= mounts
+
+
+def _submit_job(docs):
+    (job,) = [d for d in docs if d["kind"] == "Job" and "submit" in d["metadata"]["name"]]
+    return job
+
+
+def _submit_help_options() -> set[str]:
+    from typer.main import get_command
+
+    from memaudit.cli import app
+
+    command = get_command(app).commands["submit"]
+    return {opt for param in command.params for opt in param.opts}
+
+
+@needs_helm
+def test_submit_job_options_are_memaudit_submit_options():
+    job = _submit_job(render(VARIANTS["submit"]))
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["memaudit", "submit"]
+    options = {arg.split("=", 1)[0] for arg in container["args"]}
+    assert options <= _submit_help_options(), options - _submit_help_options()
+    assert options == {"--host", "--config", "--experiment", "--run-name", "--set"}
+    token = [e for e in container["env"] if e["name"] == "KF_PIPELINES_TOKEN"]
+    assert token[0]["valueFrom"]["secretKeyRef"] == {"name": "kfp-token", "key": "token"}
+
+
+@needs_helm
+def test_submit_job_command_line_starts_a_run_on_the_local_kfp_api(tmp_path, capsys):
+    """The Job's exact arguments, with only the host and the mounted config path pointed at local stand-ins."""
+    from memaudit.cli import main
+    from memaudit.config import config_from_dict
+    from tests.kfp_api import FakeKfpApi
+
+    docs = render(VARIANTS["submit"])
+    job = _submit_job(docs)
+    pod = job["spec"]["template"]["spec"]
+    (config_volume,) = [v for v in pod["volumes"] if "configMap" in v]
+    config_map = _by_kind(docs)[("ConfigMap", config_volume["configMap"]["name"])]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == config_volume["name"]]
+    (tmp_path / "config.yaml").write_text(config_map["data"]["config.yaml"])
+    args = pod["containers"][0]["args"]
+    with FakeKfpApi() as api:
+        local = [
+            f"--host={api.url}" if a.startswith("--host=") else a.replace(mount["mountPath"], str(tmp_path))
+            for a in args
+        ]
+        main(["submit", *local])
+    (run,) = api.runs.values()
+    assert run["display_name"] == "smoke"
+    assert [e["display_name"] for e in api.experiments.values()] == ["audits"]
+    sent = config_from_dict(yaml.safe_load(run["runtime_config"]["parameters"]["config_yaml"]))
+    expected = load_config(path=tmp_path / "config.yaml", overrides=["shadows.n_shadows=4", "run.parallelism=2"])
+    assert sent == expected
+    assert sent.shadows.n_shadows == 4 and sent.run.s3_secret == "memaudit-s3" and sent.preset == "demo"
+    assert "follow it at" in capsys.readouterr().out
+
+
+@needs_helm
+def test_bucket_job_creates_the_pipeline_and_mlflow_buckets():
+    kinds = _by_kind(render(CREDS))
+    job = kinds[("Job", "memaudit-buckets")]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["python", "-c"]
+    compile(container["command"][2], "bucket-script", "exec")  # the inline script is valid Python
+    assert container["args"] == [VALUES["s3"]["bucket"], VALUES["mlflow"]["artifactsBucket"]]
+    sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
+    assert sources == {RunConfig().env_config_map, RunConfig().s3_secret}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, host: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@needs_helm
+@pytest.mark.integration
+def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only(tmp_path):
+    """The rendered `mlflow server` command, run here: storage and bind address swapped for local ones."""
+    import time
+    import urllib.error
+
+    kinds = _by_kind(render(CREDS))
+    container = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    port = _free_port()
+    local = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--workers": "1",
+        "--backend-store-uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "--artifacts-destination": str(tmp_path / "artifacts"),
+    }
+    args = [f"{a.split('=')[0]}={local[a.split('=')[0]]}" if a.split("=")[0] in local else a for a in container["args"]]
+    mlflow = Path(sys.executable).parent / container["command"][0]
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(  # own session: the server's workers and job consumers are stopped with it
+        [str(mlflow), *container["command"][1:], *args], cwd=tmp_path, stdout=log, stderr=log, start_new_session=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if _get(f"{base}/health", "localhost") == 200:
+                    break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
+            time.sleep(1)
+        search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
+        for host in (
+            "memaudit-mlflow",
+            "memaudit-mlflow.kubeflow:5000",
+            "memaudit-mlflow.kubeflow.svc.cluster.local:5000",
+        ):
+            assert _get(search, host) == 200, host
+        assert _get(search, f"localhost:{port}") == 200  # kubectl port-forward
+        assert _get(search, "attacker.example.com") == 403
+    finally:
+        import os
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        time.sleep(2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # consumers that outlived the server
+        log.close()
