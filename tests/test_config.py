@@ -193,3 +193,16 @@ def test_pipeline_parameters_resolve_in_order():
 def test_bad_pipeline_parameters_are_one_line(kwargs, needle):
     with pytest.raises(MemauditError, match=needle):
         config_from_parameters(**kwargs)
+
+
+def test_dict_fields_are_replaced_not_merged():
+    base = load_config(preset="arc-mistral")
+    assert base.run.gpu_node_selector == {"memaudit.io/pool": "gpu"}
+    cleared = load_config(preset="arc-mistral", overrides=["run.gpu_node_selector={}", "run.gpu_tolerations=[]"])
+    assert cleared.run.gpu_node_selector == {} and cleared.run.gpu_tolerations == []
+    other = load_config(
+        preset="arc-mistral", overrides=["run.gpu_node_selector={cloud.google.com/gke-accelerator: a100}"]
+    )
+    assert other.run.gpu_node_selector == {"cloud.google.com/gke-accelerator": "a100"}
+    # sections still merge field by field
+    assert load_config(preset="arc-mistral", overrides=["training.epochs=3"]).training.learning_rate == 2.5e-5

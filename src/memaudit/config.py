@@ -379,11 +379,16 @@ def preset_dict(name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- loading, overrides
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: dict[str, Any], update: dict[str, Any], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Merge ``update`` into ``base`` section by section; any other value (a dict or list field such as
+    ``run.gpu_node_selector``) is replaced, so a config can also remove entries a preset set."""
+    model = model or ExperimentConfig
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+        field = model.model_fields.get(key)
+        section = _model_of(field.annotation) if field is not None else None
+        if section is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, section)
         else:
             out[key] = copy.deepcopy(value)
     return out
