@@ -57,6 +57,89 @@ def config_show(preset: PresetOpt = None, config: ConfigOpt = None, set_: SetOpt
     typer.echo(cfg.to_yaml(), nl=False)
 
 
+PoolOpt = Annotated[Path, typer.Option("--pool", help="pool.parquet written by the prepare stage")]
+MembersOpt = Annotated[Path, typer.Option("--members", help="member.npy (bool [S, N]) written by the split stage")]
+ShadowOpt = Annotated[int, typer.Option("--shadow", help="shadow id: row of member.npy")]
+BaseModelOpt = Annotated[
+    Path | None, typer.Option("--base-model", help="folder of the base model (required for tiny-llama)")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: scoring.device)")]
+
+
+def _membership_row(path: Path, shadow: int, n_train: int):
+    """Row ``shadow`` of a bool [S, N] membership file, checked against the train pool size."""
+    import numpy as np
+
+    if not path.is_file():
+        raise MemauditError(f"membership file {path} not found", "run memaudit stage split first")
+    try:
+        member = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MemauditError(
+            f"membership file {path} is unreadable ({type(exc).__name__})", "re-run the split stage"
+        ) from None
+    if member.dtype != np.bool_ or member.ndim != 2 or member.shape[1] != n_train:
+        raise MemauditError(
+            f"membership file {path} holds {member.dtype} {member.shape}, expected bool [S, {n_train}]",
+            "re-run the split stage on this pool",
+        )
+    if not 0 <= shadow < member.shape[0]:
+        raise MemauditError(f"shadow {shadow} out of range 0..{member.shape[0] - 1}", "pass a valid --shadow")
+    return member[shadow]
+
+
+def _stage_inputs(preset, config, set_, pool: Path, members: Path, shadow: int):
+    from memaudit.pool import read_pool, train_pool
+
+    cfg = resolve_config(preset, config, set_)
+    df = read_pool(pool)
+    return cfg, df, _membership_row(members, shadow, len(train_pool(df)))
+
+
+@stage_app.command("finetune")
+def stage_finetune(
+    pool: PoolOpt,
+    members: MembersOpt,
+    shadow: ShadowOpt,
+    output: Annotated[Path, typer.Option("--output", help="folder of this shadow's checkpoints")],
+    base_model: BaseModelOpt = None,
+    device: DeviceOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue from the last complete checkpoint")] = True,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """LoRA fine-tune one shadow on its members (checkpoints under --output)."""
+    from memaudit.train import finetune
+
+    cfg, df, member = _stage_inputs(preset, config, set_, pool, members, shadow)
+    log = finetune(cfg, df, member, shadow, base_model, output, device=device or cfg.scoring.device, resume=resume)
+    last = log["loss"][-1]["loss"] if log["loss"] else float("nan")
+    speed = f", {log['tokens_per_s']:.0f} tokens/s" if log.get("tokens_per_s") else ""
+    typer.echo(f"shadow {shadow}: {log['total_steps']} steps, final loss {last:.4f}{speed} -> {output}")
+
+
+@stage_app.command("score")
+def stage_score(
+    pool: PoolOpt,
+    members: MembersOpt,
+    shadow: ShadowOpt,
+    checkpoints: Annotated[Path, typer.Option("--checkpoints", help="folder written by stage finetune")],
+    output: Annotated[Path, typer.Option("--output", help="score file to write (.npz)")],
+    base_model: BaseModelOpt = None,
+    device: DeviceOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Forward values and P-SMI of one shadow at every checkpoint (one score file)."""
+    from memaudit.score import score_shadow
+
+    cfg, df, member = _stage_inputs(preset, config, set_, pool, members, shadow)
+    path = score_shadow(cfg, df, member, shadow, base_model, checkpoints, output, device=device or cfg.scoring.device)
+    typer.echo(f"shadow {shadow}: scores -> {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning :class:`MemauditError` into one line on stderr and exit code 2."""
     try:
