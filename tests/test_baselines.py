@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats as st
 from sklearn.decomposition import PCA
 
 from memaudit.errors import MemauditError
-from memaudit.metrics import logit_gap, mahalanobis
+from memaudit.metrics import attack_success_rate, counterfactual_memorization, logit_gap, mahalanobis
 
 
 def direct_mahalanobis(x, reference, k):
@@ -64,3 +65,26 @@ def test_logit_gap_rejects_bad_labels():
         logit_gap(z, np.array([1]))
     with pytest.raises(MemauditError, match="out of range"):
         logit_gap(z, np.array([2]))
+
+
+def test_counterfactual_memorization_by_hand():
+    stats = np.array([[4.0, 1.0, 2.0], [2.0, 3.0, 2.0], [0.0, 5.0, 2.0], [1.0, 0.0, 2.0]])
+    member = np.array([[1, 0, 1], [1, 1, 1], [0, 0, 1], [0, 1, 1]], dtype=bool)
+    # model 0 counts among the OUT models of sample 1 (the reference's 1..99 asymmetry would drop it)
+    expected = [(4 + 2) / 2 - (0 + 1) / 2, (3 + 0) / 2 - (1 + 5) / 2, np.nan]
+    np.testing.assert_array_equal(counterfactual_memorization(stats, member), expected)
+
+
+def test_attack_success_rate_by_hand():
+    # sample 0: IN {3, 5} ~ N(4, 1), OUT {0, 2} ~ N(1, 1): threshold 2.5, every model is classified right
+    # sample 1: IN {0, 2} ~ N(1, 1), OUT {3, 5} ~ N(4, 1): likewise
+    stats = np.array([[3.0, 0.0], [5.0, 2.0], [0.0, 3.0], [2.0, 5.0]])
+    member = np.array([[1, 1], [1, 1], [0, 0], [0, 0]], dtype=bool)
+    np.testing.assert_array_equal(attack_success_rate(stats, member), [1.0, 1.0])
+    # OUT value 2 → 3.9: OUT ~ N(2.95, 0.95), narrow; 3 (IN) now looks OUT and 3.9 (OUT) looks IN: 2 of 4 right
+    stats2 = stats.copy()
+    stats2[2, 0] = 3.9
+    mu_out, sd_out = np.mean([3.9, 2.0]), np.std([3.9, 2.0])
+    llr = st.norm.logpdf(stats2[:, 0], 4.0, 1.0) - st.norm.logpdf(stats2[:, 0], mu_out, sd_out)
+    expected = np.mean((llr > 0) == member[:, 0])
+    assert attack_success_rate(stats2, member)[0] == expected == 0.5

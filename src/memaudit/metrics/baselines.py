@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from memaudit.errors import MemauditError
+from memaudit.metrics.lira import _check, gaussian_llr, gaussians, moments, variance_floor
 from memaudit.metrics.psmi import _as_float64
 
 
@@ -79,3 +80,29 @@ def mahalanobis(
     keep = evals > rtol * top if top > 0 else torch.zeros_like(evals, dtype=torch.bool)
     proj = (x - mu) @ evecs[:, keep]
     return torch.sqrt(((proj * proj) / evals[keep]).sum(dim=1)).cpu().numpy()
+
+
+def counterfactual_memorization(stats: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Counterfactual memorization (Zhang et al. 2021) with the logit gap as performance: per sample,
+    mean over the models trained on it − mean over the others, over ALL models ``stats``/``member`` [M, N]
+    (the reference left model 0 out of the second mean). NaN where a sample is never IN or never OUT."""
+    stats, member = _check(stats, member, "counterfactual memorization")
+    n_in, n_out = member.sum(axis=0), (~member).sum(axis=0)
+    mean_in = np.where(member, stats, 0.0).sum(axis=0) / np.maximum(n_in, 1)
+    mean_out = np.where(member, 0.0, stats).sum(axis=0) / np.maximum(n_out, 1)
+    return np.where((n_in > 0) & (n_out > 0), mean_in - mean_out, np.nan)
+
+
+def attack_success_rate(stats: np.ndarray, member: np.ndarray, *, global_variance: bool = False) -> np.ndarray:
+    """Per-sample success rate of the population LiRA attack (static ``memo_mia``, METHOD §5.6) → float64 [N].
+
+    φ_in and φ_out are fitted per sample on ALL models ``stats``/``member`` [M, N] (the reference dropped model 0
+    from φ_out), with the moments and fallback rule of :mod:`memaudit.metrics.lira`; model m is predicted IN
+    for sample i iff log φ_in(g_m(i)) > log φ_out(g_m(i)), and ASR_i is the share of models predicted right.
+    """
+    stats, member = _check(stats, member, "attack success rate")
+    mu_in, var_in, mu_out, var_out = gaussians(
+        moments(stats, member), variance_floor(stats), global_variance=global_variance
+    )
+    predicted_in = gaussian_llr(stats, mu_in, var_in, mu_out, var_out) > 0
+    return (predicted_in == member).mean(axis=0)
