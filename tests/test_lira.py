@@ -101,6 +101,18 @@ def test_loo_equals_lira_model_by_model(online, global_variance):
     assert np.isfinite(loo).all()
 
 
+def test_loo_with_other_target_statistics():
+    rng = np.random.default_rng(2)
+    m, n = 6, 30
+    member = rng.random((m, n)) < 0.5
+    final = np.where(member, rng.normal(2, 1, (m, n)), rng.normal(0, 1, (m, n)))
+    early = final * 0.3 + rng.normal(0, 0.1, (m, n))
+    loo = lira_loo(final, member, target_stats=early)
+    for k in range(m):
+        others = np.delete(np.arange(m), k)
+        np.testing.assert_allclose(loo[k], lira(early[k], final[others], member[others]), rtol=1e-9, atol=1e-9)
+
+
 def test_bad_input():
     with pytest.raises(MemauditError, match="NaN"):
         lira(np.zeros(2), np.array([[np.nan, 1.0]]), np.ones((1, 2), dtype=bool))

@@ -82,7 +82,7 @@ def variance_floor(*arrays: np.ndarray) -> float:
 
 
 def gaussians(
-    m: Moments, floor: float, *, global_variance: bool = False
+    m: Moments, floor: float | np.ndarray, *, global_variance: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(μ_in, σ²_in, μ_out, σ²_out) per sample after the fallback rule; the last axis of ``m`` is samples."""
     total = m.n_in + m.n_out
@@ -113,7 +113,9 @@ def gaussian_llr(x: np.ndarray, mu_in, var_in, mu_out, var_out) -> np.ndarray:
     return 0.5 * ((x - mu_out) ** 2 / var_out - (x - mu_in) ** 2 / var_in + np.log(var_out) - np.log(var_in))
 
 
-def _score(x: np.ndarray, m: Moments, floor: float, online: bool, global_variance: bool, clip: float) -> np.ndarray:
+def _score(
+    x: np.ndarray, m: Moments, floor: float | np.ndarray, online: bool, global_variance: bool, clip: float
+) -> np.ndarray:
     mu_in, var_in, mu_out, var_out = gaussians(m, floor, global_variance=global_variance)
     if online:
         score = gaussian_llr(x, mu_in, var_in, mu_out, var_out)
@@ -160,21 +162,34 @@ def lira_loo(
     online: bool = True,
     global_variance: bool = False,
     clip: float = 100.0,
+    target_stats: np.ndarray | None = None,
     block: int = 16,
 ) -> np.ndarray:
     """Leave-one-out LiRA: row m of the result [M, N] scores model m as the target against the other M − 1
-    models, exactly as :func:`lira` would. Vectorized: the population moments are computed once and the
-    target's value is removed from them, ``block`` models at a time."""
+    models, exactly as :func:`lira` would. ``target_stats`` [M, N] (default ``stats``) is what is scored for
+    model m, e.g. its statistic at an early checkpoint against the others' final ones. Vectorized: the
+    population moments are computed once and model m's value is removed from them, ``block`` models at a time."""
     stats, member = _check(stats, member, "LiRA")
     if stats.shape[0] < 2:
         raise MemauditError("leave-one-out LiRA needs at least 2 models", "score more shadows")
+    targets = stats if target_stats is None else _check(target_stats, member, "LiRA")[0]
     full = moments(stats, member)
-    floor = variance_floor(stats)
+    if target_stats is None:
+        floor: float | np.ndarray = variance_floor(stats)
+    else:  # the variance of (target row m ∪ the other rows), as lira() takes it, from running sums
+        count = stats.size
+        total, squares = stats.sum(), (stats * stats).sum()
+        row_total = targets.sum(axis=1) - stats.sum(axis=1)
+        row_squares = (targets * targets).sum(axis=1) - (stats * stats).sum(axis=1)
+        spread = np.maximum((squares + row_squares) / count - ((total + row_total) / count) ** 2, 0.0)
+        floor = np.where(spread > 0, _REL_FLOOR * spread, 1.0)[:, None]
     result = np.empty_like(stats)
     for start in range(0, stats.shape[0], block):
-        x, a = stats[start : start + block], member[start : start + block]
+        rows = slice(start, start + block)
+        x, a = stats[rows], member[rows]
         n_in, mu_in, ss_in = _downdate(full.n_in, full.mu_in, full.ss_in, x, a)
         n_out, mu_out, ss_out = _downdate(full.n_out, full.mu_out, full.ss_out, x, ~a)
         m = Moments(n_in, mu_in, ss_in, n_out, mu_out, ss_out)
-        result[start : start + block] = _score(x, m, floor, online, global_variance, clip)
+        row_floor = floor if np.isscalar(floor) else floor[rows]
+        result[rows] = _score(targets[rows], m, row_floor, online, global_variance, clip)
     return result
