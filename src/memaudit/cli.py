@@ -140,6 +140,41 @@ def stage_score(
     typer.echo(f"shadow {shadow}: scores -> {path}")
 
 
+def _score_paths(scores: list[Path] | None, more: list[Path] | None, scores_list: Path | None) -> list[Path]:
+    paths = [*(scores or []), *(more or [])]
+    if scores_list is not None:
+        if not scores_list.is_file():
+            raise MemauditError(f"scores list {scores_list} not found", "pass a file with one score path per line")
+        lines = [line.strip() for line in scores_list.read_text().splitlines()]
+        paths += [Path(line) for line in lines if line and not line.startswith("#")]
+    if not paths:
+        raise MemauditError("no score files given", "pass --scores a.npz b.npz ... or --scores-list FILE")
+    return paths
+
+
+@stage_app.command("aggregate")
+def stage_aggregate(
+    pool: Annotated[Path, typer.Option("--pool", help="pool.parquet of the run")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for samples/summary/roc/timeline")],
+    scores: Annotated[list[Path] | None, typer.Option("--scores", help="score files (one per shadow)")] = None,
+    more_scores: Annotated[list[Path] | None, typer.Argument(help="more score files", show_default=False)] = None,
+    scores_list: Annotated[Path | None, typer.Option("--scores-list", help="file with one score path a line")] = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """LiRA ground truth, predictors and their evaluation from all shadows' score files (prints the summary)."""
+    from memaudit.aggregate import aggregate, format_summary
+    from memaudit.pool import read_pool
+
+    cfg = resolve_config(preset, config, set_)
+    paths = _score_paths(scores, more_scores, scores_list)
+    summary = aggregate(cfg, paths, read_pool(pool), output, progress=not quiet)
+    typer.echo(format_summary(summary))
+    typer.echo(f"wrote {output}/summary.json, samples.parquet, roc.parquet, timeline.parquet")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning :class:`MemauditError` into one line on stderr and exit code 2."""
     try:
