@@ -72,24 +72,28 @@ def toy_members(n: int, seed: int = 0) -> np.ndarray:
     return member
 
 
+TOY_SETS = [f"model.tiny.{k}={v}" for k, v in TINY.items()] + [
+    "model.layers=[1, 2]",
+    "training.batch_size=4",
+    "training.grad_accum=1",
+    "training.epochs=2",
+    "training.max_len=32",
+    "training.learning_rate=1e-2",
+    "training.warmup_steps=1",
+    "lora.r=4",
+    "checkpoints.per_epoch_in_first=2",
+    "scoring.batch_size=16",
+    "scoring.psmi_directions=64",
+    "evaluation.mahalanobis_components=8",
+]
+
+
 def toy_config(*overrides: str):
-    """The demo preset shrunk to the toy task: 2-layer hidden-32 model, 2 epochs, batch 4."""
-    sets = [f"model.tiny.{k}={v}" for k, v in TINY.items()]
-    sets += [
-        "model.layers=[1, 2]",
-        "training.batch_size=4",
-        "training.grad_accum=1",
-        "training.epochs=2",
-        "training.max_len=32",
-        "training.learning_rate=1e-2",
-        "training.warmup_steps=1",
-        "lora.r=4",
-        "checkpoints.per_epoch_in_first=2",
-        "scoring.batch_size=16",
-        "scoring.psmi_directions=64",
-    ]
-    return load_config(preset="demo", overrides=[*sets, *overrides])
+    """The demo preset shrunk to the toy task (``--preset demo`` + ``TOY_SETS``): 2-layer hidden-32 model,
+    2 epochs of batch 4 (10 steps for 20 members; checkpoints 0, 2, 5, 10)."""
+    return load_config(preset="demo", overrides=[*TOY_SETS, *overrides])
 
 
 def toy_base_model(cfg, df: pd.DataFrame, cache_dir: Path) -> Path:
+    """The tiny base model for ``cfg`` trained on the pool's texts (built once per cache folder)."""
     return ensure_base_model(cfg.model, toy_corpus(df), cache_dir)

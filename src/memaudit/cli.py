@@ -64,6 +64,7 @@ BaseModelOpt = Annotated[
     Path | None, typer.Option("--base-model", help="folder of the base model (required for tiny-llama)")
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: scoring.device)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 
 
 def _membership_row(path: Path, shadow: int, n_train: int):
@@ -108,12 +109,23 @@ def stage_finetune(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """LoRA fine-tune one shadow on its members (checkpoints under --output)."""
     from memaudit.train import finetune
 
     cfg, df, member = _stage_inputs(preset, config, set_, pool, members, shadow)
-    log = finetune(cfg, df, member, shadow, base_model, output, device=device or cfg.scoring.device, resume=resume)
+    log = finetune(
+        cfg,
+        df,
+        member,
+        shadow,
+        base_model,
+        output,
+        device=device or cfg.scoring.device,
+        resume=resume,
+        progress=not quiet,
+    )
     last = log["loss"][-1]["loss"] if log["loss"] else float("nan")
     speed = f", {log['tokens_per_s']:.0f} tokens/s" if log.get("tokens_per_s") else ""
     typer.echo(f"shadow {shadow}: {log['total_steps']} steps, final loss {last:.4f}{speed} -> {output}")
@@ -131,12 +143,14 @@ def stage_score(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Forward values and P-SMI of one shadow at every checkpoint (one score file)."""
     from memaudit.score import score_shadow
 
     cfg, df, member = _stage_inputs(preset, config, set_, pool, members, shadow)
-    path = score_shadow(cfg, df, member, shadow, base_model, checkpoints, output, device=device or cfg.scoring.device)
+    device = device or cfg.scoring.device
+    path = score_shadow(cfg, df, member, shadow, base_model, checkpoints, output, device=device, progress=not quiet)
     typer.echo(f"shadow {shadow}: scores -> {path}")
 
 
