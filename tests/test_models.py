@@ -215,3 +215,11 @@ def test_nf4_loads_in_4bit_on_cuda(cfg, built):
     assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == expected
     out = peft_model(input_ids=torch.tensor([[1, 5, 6, 7]], device="cuda"))
     assert torch.isfinite(out.logits.float()).all()
+
+
+def test_corrupted_model_folder_is_a_clear_error(cfg, built, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(built, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(MemauditError, match=r"cannot load the weights from folder .*complete folder"):
+        load_base_model(cfg.model, broken)

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -148,6 +149,18 @@ def test_complete_run_is_skipped_without_loading_the_model(setup, trained):
     cfg, df, _, member = setup
     # base_model=None would fail for tiny-llama if the model were loaded
     assert finetune(cfg, df, member, 0, None, trained[0], device="cpu", progress=False) == trained[1]
+
+
+def test_run_killed_before_its_final_log_only_rewrites_the_log(setup, trained, tmp_path):
+    cfg, df, base, member = setup
+    shutil.copytree(trained[0], tmp_path / "s0")
+    stale = {**trained[1], "checkpoints": trained[1]["checkpoints"][:3]}  # the log written at ckpt-5
+    (tmp_path / "s0" / LOG_FILE).write_text(json.dumps(stale))
+    saved = []
+    log = finetune(cfg, df, member, 0, base, tmp_path / "s0", device="cpu", progress=False,
+                   on_checkpoint=lambda step, path: saved.append(step))  # fmt: skip
+    assert saved == [] and log["checkpoints"] == trained[1]["checkpoints"] and log["loss"] == trained[1]["loss"]
+    _assert_same_adapters(trained[0] / "ckpt-10", tmp_path / "s0" / "ckpt-10")
 
 
 def test_bad_inputs(setup, trained, tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from memaudit.config import LoraSettings, ModelConfig, TinyModelConfig
@@ -69,6 +70,11 @@ def _source(model_cfg: ModelConfig, path: str | Path | None) -> tuple[str, str |
 
 def _hub_error(what: str, source: str, exc: Exception) -> MemauditError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if Path(source).is_dir():
+        return MemauditError(
+            f"cannot load the {what} from folder {source} ({first})",
+            "point model.local_path / --base-model at a complete folder written by save_pretrained",
+        )
     return MemauditError(
         f"cannot load the {what} of {source!r} ({first})",
         "check the name and network access, or download the model and set model.local_path to its folder",
@@ -120,7 +126,7 @@ def load_base_model(model_cfg: ModelConfig, path: str | Path | None = None, devi
         kwargs.update(_nf4_kwargs(dev))
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise _hub_error("weights", source, exc) from None
     check_layers(model_cfg.layers, num_layers(model), source)
     if model_cfg.quantization == "none":

@@ -143,6 +143,15 @@ def _save_checkpoint(model, output_dir: Path, step: int, epoch: float, state: di
     return final
 
 
+def _finished_log(output_dir: Path, schedule: dict[int, float]) -> dict[str, Any] | None:
+    """The train log of a finished run (one that lists every scheduled checkpoint), else None."""
+    try:
+        log = json.loads((output_dir / LOG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return log if set(schedule) <= {c["step"] for c in log.get("checkpoints", [])} else None
+
+
 def _latest_state(done: dict[int, Path]) -> tuple[int, Path, dict[str, Any]] | None:
     for step in sorted(done, reverse=True):
         state_path = done[step] / STATE_FILE
@@ -288,8 +297,9 @@ def finetune(
     output_dir = Path(output_dir)
     trainer = _Trainer(cfg, shadow, int(member.sum()), output_dir, resolve_device(device))
     done = _claim_output_dir(output_dir, _run_identity(cfg, shadow, member), resume)
-    if set(trainer.schedule) <= set(done) and (output_dir / LOG_FILE).is_file():
-        return json.loads((output_dir / LOG_FILE).read_text())
+    finished = _finished_log(output_dir, trainer.schedule) if set(trainer.schedule) <= set(done) else None
+    if finished is not None:
+        return finished
 
     tokenizer = load_tokenizer(cfg.model, base_model)
     enc = encode_frame(tokenizer, train[member].reset_index(drop=True), t.max_len)
