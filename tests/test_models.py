@@ -5,7 +5,13 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_pool import TINY, toy_config, toy_corpus, toy_pool
+from toy_pool import (
+    TINY,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    toy_config,
+    toy_corpus,
+    toy_pool,
+)
 
 import memaudit.models as models
 from memaudit.config import LoraSettings, ModelConfig, TinyModelConfig

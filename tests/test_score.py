@@ -3,7 +3,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_pool import TOY_SETS, toy_base_model, toy_config, toy_members, toy_pool
+from toy_pool import (
+    TOY_SETS,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    toy_base_model,
+    toy_config,
+    toy_members,
+    toy_pool,
+)
 
 from memaudit.cli import main
 from memaudit.errors import MemauditError

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from toy_pool import toy_base_model, toy_config, toy_members, toy_pool
+from toy_pool import (
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    toy_base_model,
+    toy_config,
+    toy_members,
+    toy_pool,
+)
 
 from memaudit.errors import MemauditError
 from memaudit.forward import answer_forward, encode_frame

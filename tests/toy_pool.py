@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from memaudit.config import load_config
 from memaudit.models import ensure_base_model
@@ -97,3 +99,12 @@ def toy_config(*overrides: str):
 def toy_base_model(cfg, df: pd.DataFrame, cache_dir: Path) -> Path:
     """The tiny base model for ``cfg`` trained on the pool's texts (built once per cache folder)."""
     return ensure_base_model(cfg.model, toy_corpus(df), cache_dir)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run several times faster on one intra-op thread (the 2-core test machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
