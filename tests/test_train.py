@@ -169,6 +169,15 @@ def test_run_killed_before_its_final_log_only_rewrites_the_log(setup, trained, t
     _assert_same_adapters(trained[0] / "ckpt-10", tmp_path / "s0" / "ckpt-10")
 
 
+def test_corrupted_trainer_state_is_a_clear_error(setup, trained, tmp_path):
+    cfg, df, base, member = setup
+    shutil.copytree(trained[0], tmp_path / "s0", ignore=shutil.ignore_patterns("ckpt-10", LOG_FILE))
+    shutil.copy(trained[0] / "ckpt-10" / STATE_FILE, tmp_path / "s0" / "ckpt-5" / STATE_FILE)
+    (tmp_path / "s0" / "ckpt-5" / STATE_FILE).write_bytes(b"truncated")
+    with pytest.raises(MemauditError, match=r"trainer state .*ckpt-5.* is unreadable"):
+        finetune(cfg, df, member, 0, base, tmp_path / "s0", device="cpu", progress=False)
+
+
 def test_bad_inputs(setup, trained, tmp_path):
     cfg, df, base, member = setup
     with pytest.raises(MemauditError, match="shape"):

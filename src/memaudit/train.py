@@ -157,7 +157,7 @@ def _latest_state(done: dict[int, Path]) -> tuple[int, Path, dict[str, Any]] | N
         state_path = done[step] / STATE_FILE
         if state_path.is_file():
             try:
-                return step, done[step], torch.load(state_path, map_location="cpu", weights_only=False)
+                return step, done[step], torch.load(state_path, map_location="cpu", weights_only=True)
             except Exception as exc:  # a truncated state file
                 raise MemauditError(
                     f"trainer state {state_path} is unreadable ({type(exc).__name__})",
