@@ -173,6 +173,126 @@ def stage_split(
     )
 
 
+PoolOpt = Annotated[Path, typer.Option("--pool", help="pool.parquet written by the prepare stage")]
+MembersOpt = Annotated[Path, typer.Option("--members", help="member.npy (bool [S, N]) written by the split stage")]
+ShadowOpt = Annotated[int, typer.Option("--shadow", help="shadow id: row of member.npy")]
+BaseModelOpt = Annotated[
+    Path | None, typer.Option("--base-model", help="folder of the base model (required for tiny-llama)")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: scoring.device)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _membership_row(path: Path, shadow: int, n_train: int):
+    """Row ``shadow`` of a bool [S, N] membership file, checked against the train pool size."""
+    from memaudit.splits import read_membership
+
+    member = read_membership(path, n_samples=n_train)
+    if not 0 <= shadow < member.shape[0]:
+        raise MemauditError(f"shadow {shadow} out of range 0..{member.shape[0] - 1}", "pass a valid --shadow")
+    return member[shadow]
+
+
+def _stage_inputs(preset, config, set_, pool: Path, members: Path, shadow: int):
+    from memaudit.pool import read_pool, train_pool
+
+    cfg = resolve_config(preset, config, set_)
+    df = read_pool(pool)
+    return cfg, df, _membership_row(members, shadow, len(train_pool(df)))
+
+
+@stage_app.command("finetune")
+def stage_finetune(
+    pool: PoolOpt,
+    members: MembersOpt,
+    shadow: ShadowOpt,
+    output: Annotated[Path, typer.Option("--output", help="folder of this shadow's checkpoints")],
+    base_model: BaseModelOpt = None,
+    device: DeviceOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue from the last complete checkpoint")] = True,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """LoRA fine-tune one shadow on its members (checkpoints under --output)."""
+    from memaudit.train import finetune
+
+    cfg, df, member = _stage_inputs(preset, config, set_, pool, members, shadow)
+    log = finetune(
+        cfg,
+        df,
+        member,
+        shadow,
+        base_model,
+        output,
+        device=device or cfg.scoring.device,
+        resume=resume,
+        progress=not quiet,
+    )
+    last = log["loss"][-1]["loss"] if log["loss"] else float("nan")
+    speed = f", {log['tokens_per_s']:.0f} tokens/s" if log.get("tokens_per_s") else ""
+    typer.echo(f"shadow {shadow}: {log['total_steps']} steps, final loss {last:.4f}{speed} -> {output}")
+
+
+@stage_app.command("score")
+def stage_score(
+    pool: PoolOpt,
+    members: MembersOpt,
+    shadow: ShadowOpt,
+    checkpoints: Annotated[Path, typer.Option("--checkpoints", help="folder written by stage finetune")],
+    output: Annotated[Path, typer.Option("--output", help="score file to write (.npz)")],
+    base_model: BaseModelOpt = None,
+    device: DeviceOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Forward values and P-SMI of one shadow at every checkpoint (one score file)."""
+    from memaudit.score import score_shadow
+
+    cfg, df, member = _stage_inputs(preset, config, set_, pool, members, shadow)
+    device = device or cfg.scoring.device
+    path = score_shadow(cfg, df, member, shadow, base_model, checkpoints, output, device=device, progress=not quiet)
+    typer.echo(f"shadow {shadow}: scores -> {path}")
+
+
+def _score_paths(scores: list[Path] | None, more: list[Path] | None, scores_list: Path | None) -> list[Path]:
+    paths = [*(scores or []), *(more or [])]
+    if scores_list is not None:
+        if not scores_list.is_file():
+            raise MemauditError(f"scores list {scores_list} not found", "pass a file with one score path per line")
+        lines = [line.strip() for line in scores_list.read_text().splitlines()]
+        paths += [Path(line) for line in lines if line and not line.startswith("#")]
+    if not paths:
+        raise MemauditError("no score files given", "pass --scores a.npz b.npz ... or --scores-list FILE")
+    return paths
+
+
+@stage_app.command("aggregate")
+def stage_aggregate(
+    pool: Annotated[Path, typer.Option("--pool", help="pool.parquet of the run")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for samples/summary/roc/timeline")],
+    scores: Annotated[list[Path] | None, typer.Option("--scores", help="score files (one per shadow)")] = None,
+    more_scores: Annotated[list[Path] | None, typer.Argument(help="more score files", show_default=False)] = None,
+    scores_list: Annotated[Path | None, typer.Option("--scores-list", help="file with one score path a line")] = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """LiRA ground truth, predictors and their evaluation from all shadows' score files (prints the summary)."""
+    from memaudit.aggregate import aggregate, format_summary
+    from memaudit.pool import read_pool
+
+    cfg = resolve_config(preset, config, set_)
+    paths = _score_paths(scores, more_scores, scores_list)
+    summary = aggregate(cfg, paths, read_pool(pool), output, progress=not quiet)
+    typer.echo(format_summary(summary))
+    typer.echo(f"wrote {output}/summary.json, samples.parquet, roc.parquet, timeline.parquet")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning :class:`MemauditError` into one line on stderr and exit code 2."""
     try:

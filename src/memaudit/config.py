@@ -150,6 +150,7 @@ class ScoringConfig(_Section):
     psmi_directions: int = Field(2000, gt=0, description="random directions K of P-SMI")
     psmi_seed: int = Field(0, description="seed of the P-SMI directions")
     store_hidden: bool = Field(False, description="also store hidden states (fp16) at the configured layers")
+    mahalanobis_components: int = Field(100, gt=0, description="PCA size of the Mahalanobis baseline")
     device: str = _free("auto", "torch device: auto, cpu, cuda, cuda:1 ...")
 
 
@@ -183,7 +184,6 @@ class EvaluationConfig(_Section):
     tpr_target: float = Field(0.75, gt=0, lt=1)
     c_pred_loss_ratio: float = Field(0.05, gt=0, lt=1, description="c_pred: median loss below this × ckpt 0")
     c_pred: int | None = Field(None, ge=0, description="force the prediction checkpoint (optimizer step)")
-    mahalanobis_components: int = Field(100, gt=0)
 
 
 class Toleration(_Section):
@@ -309,9 +309,9 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                 "max_len": 64,
             },
             "checkpoints": {"per_epoch_in_first": 5, "every_epochs": 1},
-            "scoring": {"batch_size": 128, "psmi_directions": 500},
+            "scoring": {"batch_size": 128, "psmi_directions": 500, "mahalanobis_components": 16},
             "shadows": {"n_shadows": 16, "target": 0, "scheme": "paper"},
-            "evaluation": {"lira_mode": "global", "mahalanobis_components": 16},
+            "evaluation": {"lira_mode": "global"},
             "run": {"parallelism": 2},
         },
     ),

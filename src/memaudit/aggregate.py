@@ -1,0 +1,375 @@
+"""The aggregate stage (DESIGN §2.5): score files of the whole population → ground truth, predictors, evaluation.
+
+Inputs: one score file per model (:mod:`memaudit.scorefile`), the pool, the config. The target is
+``cfg.shadows.target``; its id, like every model's, comes from the file's ``shadow`` key (else the last integer
+in the file name or its folder, e.g. ``shadows/3/scores.npz`` or ``shadow-3.npz``).
+
+- Ground truth: LiRA of the target's final logit gaps against the other S − 1 models' final gaps
+  (``cfg.evaluation.lira_mode``), memorized = top ``memorized_fraction`` of its members (or LLR ≥ threshold).
+  Every model in turn gets the same, leave-one-out (:func:`lira_loo`), for the mean ± std over models.
+- c_pred: from the target's median member loss (``c_pred_loss_ratio``), unless forced; the same step is used
+  for every model.
+- Predictors at c_pred, evaluated on each model's own members: −P-SMI per layer, +loss, −logit gap,
+  +Mahalanobis per layer (when stored), +early LiRA (the model at c_pred against the others at their final
+  checkpoint, as the paper).
+
+Files are read one at a time; what is kept is, per model, the final and c_pred logit gaps and the raw predictor
+values at c_pred (float32), plus the target's full arrays: about 4·S·N·(2L + 7) bytes.
+
+Outputs in ``output_dir``: ``samples.parquet`` (one row per train-pool sample: raw predictor values at c_pred,
+not sign-flipped), ``summary.json``, ``roc.parquet`` (target, c_pred) and ``timeline.parquet`` (target,
+every checkpoint), each written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from memaudit.config import ExperimentConfig
+from memaudit.errors import MemauditError
+from memaudit.metrics import (
+    attack_success_rate,
+    counterfactual_memorization,
+    evaluate,
+    lira,
+    lira_loo,
+    logit_gap,
+    memorized,
+    off_the_shelf,
+    prediction_checkpoint,
+    roc,
+)
+from memaudit.pool import train_pool, validate_pool
+from memaudit.scorefile import read_scores
+
+SIGNS = {"psmi": -1.0, "loss": 1.0, "logit_gap": -1.0, "mahalanobis": 1.0, "early_lira": 1.0}
+_SAME_IN_EVERY_FILE = ("global_index", "label_index", "checkpoints", "layers")
+
+
+def _shadow_id(path: Path) -> int:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "shadow" in npz.files:
+                return int(npz["shadow"])
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise MemauditError(
+            f"score file {path} is corrupted ({type(exc).__name__})", "delete it and re-run the score stage"
+        ) from None
+    for name in (path.stem, path.parent.name):
+        found = re.findall(r"\d+", name)
+        if found:
+            return int(found[-1])
+    raise MemauditError(f"score file {path} names no shadow id", "re-run the score stage (it writes 'shadow')")
+
+
+def _predictor_names(layers: np.ndarray, with_mahalanobis: bool) -> list[str]:
+    names = [f"psmi_L{layer}" for layer in layers] + ["loss", "logit_gap"]
+    return names + ([f"mahalanobis_L{layer}" for layer in layers] if with_mahalanobis else [])
+
+
+def _raw_values(arrays: dict[str, np.ndarray], c: int, gap: np.ndarray, with_mahalanobis: bool) -> np.ndarray:
+    """Raw predictor values of one model at checkpoint index c, stacked [P, N] (order of _predictor_names)."""
+    parts = [arrays["psmi"][c], arrays["loss"][c][None], gap[None]]
+    if with_mahalanobis:
+        maha = arrays.get("mahalanobis")
+        parts.append(maha[c] if maha is not None else np.full_like(arrays["psmi"][c], np.nan))
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _sign(name: str) -> float:
+    return SIGNS[name.rsplit("_L", 1)[0] if "_L" in name else name]
+
+
+def _evaluate_or_none(flags: np.ndarray, score: np.ndarray, tpr: float) -> dict[str, float] | None:
+    """The predictor's numbers, or None when it has no finite value or the flags hold a single class."""
+    if not np.isfinite(score).any():
+        return None
+    try:
+        return evaluate(flags, score, tpr=tpr)
+    except MemauditError:
+        return None
+
+
+def _lira_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    mode = cfg.evaluation.lira_mode
+    return {"online": mode != "offline", "global_variance": mode == "global", "clip": cfg.evaluation.lira_clip}
+
+
+def _memorized_flags(cfg: ExperimentConfig, llr: np.ndarray) -> np.ndarray:
+    ev = cfg.evaluation
+    return memorized(llr, rule=ev.memorized_rule, fraction=ev.memorized_fraction, threshold=ev.memorized_threshold)
+
+
+def _choose_c_pred(cfg: ExperimentConfig, target: dict[str, np.ndarray]) -> tuple[int, str, np.ndarray]:
+    """(checkpoint index, how it was chosen, median member loss per checkpoint) from the target's arrays."""
+    medians = np.median(target["loss"][:, target["member"]].astype(np.float64), axis=1)
+    forced = cfg.evaluation.c_pred
+    if forced is not None:
+        hits = np.flatnonzero(target["checkpoints"] == forced)
+        if not hits.size:
+            raise MemauditError(
+                f"evaluation.c_pred {forced} is not a stored checkpoint ({target['checkpoints'].tolist()})",
+                "set it to one of them, or unset it for the automatic choice",
+            )
+        return int(hits[0]), "forced", medians
+    index, found = prediction_checkpoint(medians, cfg.evaluation.c_pred_loss_ratio)
+    return index, "auto" if found else "fallback_lowest_median_loss", medians
+
+
+def _check_same(name: str, value: np.ndarray, reference: np.ndarray, path: Path) -> None:
+    if value.shape != reference.shape or not np.array_equal(value, reference):
+        raise MemauditError(
+            f"score file {path} has a different {name} than the target's score file",
+            "aggregate score files of one run only (same pool, same checkpoint schedule, same layers)",
+        )
+
+
+def _read_population(cfg: ExperimentConfig, paths: list[Path], progress: bool) -> dict[str, Any]:
+    """One pass over the files, target first: gaps, membership and predictor values at c_pred of every model."""
+    ids = [_shadow_id(p) for p in paths]
+    if len(set(ids)) != len(ids):
+        raise MemauditError(f"score files repeat shadow ids ({sorted(ids)})", "pass each shadow's file once")
+    if cfg.shadows.target not in ids:
+        raise MemauditError(
+            f"no score file for the target shadow {cfg.shadows.target} (got {sorted(ids)})",
+            "pass the target's score file or set shadows.target",
+        )
+    order = sorted(range(len(paths)), key=lambda k: (ids[k] != cfg.shadows.target, ids[k]))
+    target = read_scores(paths[order[0]], keys=("mahalanobis", "test_loss"))
+    c_pred, how, medians = _choose_c_pred(cfg, target)
+    with_maha = "mahalanobis" in target
+    n_models, n = len(paths), target["global_index"].shape[0]
+    n_predictors = len(_predictor_names(target["layers"], with_maha))
+    pop = {
+        "ids": [ids[k] for k in order],
+        "target": target,
+        "c_pred": c_pred,
+        "c_pred_rule": how,
+        "medians": medians,
+        "with_mahalanobis": with_maha,
+        "member": np.zeros((n_models, n), dtype=bool),
+        "final_gap": np.zeros((n_models, n)),
+        "early_gap": np.zeros((n_models, n)),
+        "values": np.zeros((n_models, n_predictors, n), dtype=np.float32),
+    }
+    for row, k in enumerate(tqdm(order, desc="score files", disable=not progress)):
+        arrays = target if row == 0 else read_scores(paths[k], keys=("mahalanobis",))
+        for name in _SAME_IN_EVERY_FILE:
+            _check_same(name, arrays[name], target[name], paths[k])
+        gaps = logit_gap(arrays["option_logits"][[c_pred, -1]], np.broadcast_to(arrays["label_index"], (2, n)))
+        pop["early_gap"][row], pop["final_gap"][row] = gaps
+        pop["member"][row] = arrays["member"]
+        pop["values"][row] = _raw_values(arrays, c_pred, gaps[0], with_maha)
+        del arrays
+    return pop
+
+
+def _per_model(cfg: ExperimentConfig, pop: dict[str, Any], loo: np.ndarray, early: np.ndarray) -> dict[str, Any]:
+    """Mean ± std over all models (each as the target) of every predictor's numbers."""
+    names = [*_predictor_names(pop["target"]["layers"], pop["with_mahalanobis"]), "early_lira"]
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for m in range(loo.shape[0]):
+        members = pop["member"][m]
+        flags = _memorized_flags(cfg, loo[m, members])
+        scores = [*pop["values"][m][:, members].astype(np.float64), early[m, members]]
+        for name, values in zip(names, scores, strict=True):
+            numbers = _evaluate_or_none(flags, _sign(name) * values, cfg.evaluation.tpr_target)
+            if numbers is not None:
+                results[name].append(numbers)
+    out: dict[str, Any] = {}
+    for name, rows in results.items():
+        out[name] = {"n_models": len(rows)}
+        for key in ("fpr_at_tpr", "auc", "tpr_at_fpr_1pct", "tpr_at_fpr_0.1pct"):
+            values = np.array([r[key] for r in rows])
+            out[name][key] = {"mean": float(values.mean()), "std": float(values.std())} if rows else None
+    return out
+
+
+def _timeline(cfg: ExperimentConfig, pop: dict[str, Any], others: np.ndarray, flags: np.ndarray) -> pd.DataFrame:
+    """FPR@TPR and AUC of every predictor of the target at every checkpoint."""
+    t = pop["target"]
+    members, label = t["member"], t["label_index"]
+    names = [*_predictor_names(t["layers"], pop["with_mahalanobis"]), "early_lira"]
+    kwargs = _lira_kwargs(cfg)
+    rows = []
+    for c in range(t["checkpoints"].shape[0]):
+        gap = logit_gap(t["option_logits"][c], label)
+        early = lira(gap, pop["final_gap"][others], pop["member"][others], **kwargs)
+        values = [*_raw_values(t, c, gap, pop["with_mahalanobis"]).astype(np.float64), early]
+        for name, v in zip(names, values, strict=True):
+            numbers = _evaluate_or_none(flags, _sign(name) * v[members], cfg.evaluation.tpr_target) or {}
+            rows.append(
+                {
+                    "checkpoint": int(t["checkpoints"][c]),
+                    "epoch": float(t["epochs"][c]),
+                    "median_member_loss": float(pop["medians"][c]),
+                    "median_test_loss": float(np.median(t["test_loss"][c])) if "test_loss" in t else math.nan,
+                    "predictor": name,
+                    "fpr_at_tpr": numbers.get("fpr_at_tpr", math.nan),
+                    "auc": numbers.get("auc", math.nan),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def aggregate(
+    cfg: ExperimentConfig,
+    score_paths: list[str | Path],
+    pool_df: pd.DataFrame,
+    output_dir: str | Path,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the aggregate stage; writes the four outputs into ``output_dir`` and returns the summary."""
+    paths = [Path(p) for p in score_paths]
+    if len(paths) < 2:
+        raise MemauditError(f"aggregate needs at least 2 score files, got {len(paths)}", "score more shadows")
+    train = train_pool(validate_pool(pool_df))
+    pop = _read_population(cfg, paths, progress)
+    t = pop["target"]
+    if not np.array_equal(train["global_index"].to_numpy(), t["global_index"]):
+        raise MemauditError("the score files' global_index differs from the pool's train rows", "pass this run's pool")
+    if not np.array_equal(train["label_index"].to_numpy(), t["label_index"]):
+        raise MemauditError("the score files' label_index differs from the pool's", "pass this run's pool")
+    kwargs, ev = _lira_kwargs(cfg), cfg.evaluation
+    final, member, others = pop["final_gap"], pop["member"], np.arange(1, len(paths))
+    target_lira = lira(final[0], final[others], member[others], **kwargs)
+    loo = lira_loo(final, member, **kwargs)
+    early = lira_loo(final, member, target_stats=pop["early_gap"], **kwargs)
+    members = t["member"]
+    flags = _memorized_flags(cfg, target_lira[members])
+    if flags.all() or not flags.any():
+        raise MemauditError(
+            f"the rule {ev.memorized_rule!r} marks {int(flags.sum())} of {flags.size} target members memorized",
+            "change evaluation.memorized_threshold / memorized_fraction",
+        )
+    mem_all = np.zeros_like(members)
+    mem_all[members] = flags
+
+    names = [*_predictor_names(t["layers"], pop["with_mahalanobis"]), "early_lira"]
+    values = np.concatenate([pop["values"][0].astype(np.float64), early[:1]])
+    samples = pd.DataFrame({"global_index": t["global_index"]})
+    samples["label_randomized"] = train["label_status"].to_numpy() == 0
+    samples["label_wrong"] = train["label_index"].to_numpy() != train["gold_index"].to_numpy()
+    samples["member"], samples["lira"], samples["memorized"] = members, target_lira, mem_all
+    for name, v in zip(names, values, strict=True):
+        samples[name] = v
+    samples["counterfactual"] = counterfactual_memorization(final, member)
+    samples["asr"] = attack_success_rate(final, member, global_variance=ev.lira_mode == "global")
+
+    target_numbers, roc_rows = {}, []
+    for name, v in zip(names, values, strict=True):
+        score = _sign(name) * v[members]
+        target_numbers[name] = _evaluate_or_none(flags, score, ev.tpr_target)
+        if target_numbers[name] is not None:
+            curve = roc(flags, score)
+            roc_rows.append(
+                pd.DataFrame({"predictor": name, "fpr": curve.fpr, "tpr": curve.tpr, "threshold": curve.thresholds})
+            )
+    layers = [int(layer) for layer in t["layers"]]
+    psmi_fprs = [(target_numbers[f"psmi_L{layer}"] or {}).get("fpr_at_tpr", math.inf) for layer in layers]
+    best = int(np.argmin(psmi_fprs))
+    last = int(np.argmax(layers))
+    ots_fpr, ots_tpr = off_the_shelf(flags, values[last][members])
+    noisy, wrong = samples["label_randomized"].to_numpy()[members], samples["label_wrong"].to_numpy()[members]
+    c = pop["c_pred"]
+    all_models = _per_model(cfg, pop, loo, early)
+    summary: dict[str, Any] = {
+        "fingerprint": cfg.fingerprint(),
+        "evaluation_fingerprint": cfg.evaluation_fingerprint(),
+        "target": cfg.shadows.target,
+        "n_models": len(paths),
+        "n_shadows_used": len(paths) - 1,
+        "shadow_ids": pop["ids"],
+        "lira_mode": ev.lira_mode,
+        "memorized_rule": ev.memorized_rule,
+        "n_samples": int(members.size),
+        "n_members": int(members.sum()),
+        "n_memorized": int(flags.sum()),
+        "share_memorized": float(flags.mean()),
+        "memorized_min_lira": float(target_lira[members][flags].min()),
+        "enrichment": {
+            "share_memorized_noisy": _finite_or_none(flags[noisy].mean()) if noisy.any() else None,
+            "share_memorized_clean": _finite_or_none(flags[~noisy].mean()) if (~noisy).any() else None,
+            "share_memorized_wrong": _finite_or_none(flags[wrong].mean()) if wrong.any() else None,
+            "n_noisy_members": int(noisy.sum()),
+            "n_wrong_members": int(wrong.sum()),
+        },
+        "c_pred": {
+            "index": c,
+            "step": int(t["checkpoints"][c]),
+            "epoch": float(t["epochs"][c]),
+            "rule": pop["c_pred_rule"],
+            "median_member_loss": [float(x) for x in pop["medians"]],
+        },
+        "best_layer": {
+            "layer": layers[best],
+            "predictor": f"psmi_L{layers[best]}",
+            "fpr_at_tpr": _finite_or_none(psmi_fprs[best]),
+        },
+        "off_the_shelf": {"layer": layers[last], "fpr": ots_fpr, "tpr": ots_tpr},
+        "tpr_target": ev.tpr_target,
+        "predictors": {
+            name: {"sign": _sign(name), "target": target_numbers[name], "all_models": all_models[name]}
+            for name in names
+        },
+    }
+    timeline = _timeline(cfg, pop, others, flags)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "samples.parquet", lambda p: samples.to_parquet(p, index=False))
+    _write_atomic(out / "roc.parquet", lambda p: pd.concat(roc_rows).to_parquet(p, index=False))
+    _write_atomic(out / "timeline.parquet", lambda p: timeline.to_parquet(p, index=False))
+    _write_atomic(out / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A plain-text table of the summary: one line per predictor, then the headline facts."""
+    tpr = summary["tpr_target"]
+    head = f"{'predictor':<18}{f'FPR@TPR={tpr:g}':>14}{'AUC':>8}{'TPR@1%':>8}{'TPR@0.1%':>10}   all models FPR@TPR"
+    lines = [head, "-" * len(head)]
+    for name, entry in summary["predictors"].items():
+        own, pop = entry["target"], entry["all_models"]["fpr_at_tpr"]
+        cells = (
+            f"{own['fpr_at_tpr']:>14.4f}{own['auc']:>8.3f}{own['tpr_at_fpr_1pct']:>8.3f}{own['tpr_at_fpr_0.1pct']:>10.3f}"
+            if own
+            else f"{'n/a':>40}"
+        )
+        spread = f"{pop['mean']:.4f} ± {pop['std']:.4f} (n={entry['all_models']['n_models']})" if pop else "n/a"
+        lines.append(f"{name:<18}{cells}   {spread}")
+    c, ots, best = summary["c_pred"], summary["off_the_shelf"], summary["best_layer"]
+    lines += [
+        f"c_pred: step {c['step']} (epoch {c['epoch']:g}, {c['rule']}); best P-SMI layer {best['layer']}",
+        f"off-the-shelf (layer {ots['layer']}, P-SMI < 0): FPR {ots['fpr']:.4f}, TPR {ots['tpr']:.4f}",
+        f"memorized: {summary['n_memorized']} of {summary['n_members']} target members "
+        f"({summary['share_memorized']:.1%}), {summary['n_shadows_used']} shadows, LiRA {summary['lira_mode']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Evaluation of memorization predictors against the LiRA ground truth (METHOD §6.1).
+
+Scores are oriented "higher = more likely memorized" (−P-SMI, +loss, −logit gap, +Mahalanobis, +early LiRA).
+As in the paper's protocol (step 3), samples whose score is NaN or infinite are dropped before the ROC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import auc as _area
+from sklearn.metrics import roc_curve
+
+from memaudit.errors import MemauditError
+
+
+@dataclass(frozen=True)
+class Roc:
+    """One ROC curve (sklearn ``roc_curve(drop_intermediate=False)``); thresholds on the oriented score."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+
+    def fpr_at_tpr(self, tpr: float = 0.75) -> float:
+        """FPR at the first ROC point whose TPR is strictly above ``tpr`` (the paper's FPR@TPR)."""
+        return float(self.fpr[np.argmax(self.tpr > tpr)])
+
+    def tpr_at_fpr(self, fpr: float) -> float:
+        """Highest TPR among the ROC points with FPR ≤ ``fpr``."""
+        return float(self.tpr[self.fpr <= fpr].max())
+
+    def auc(self) -> float:
+        return float(_area(self.fpr, self.tpr))
+
+
+def roc(is_positive: np.ndarray, score: np.ndarray) -> Roc:
+    """ROC of ``score`` (higher = more likely positive) for the labels ``is_positive``, non-finite scores dropped."""
+    y = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise MemauditError(f"ROC got labels {y.shape} and scores {s.shape}", "pass two [N] arrays")
+    keep = np.isfinite(s)
+    y, s = y[keep], s[keep]
+    if y.all() or not y.any():
+        raise MemauditError(
+            "ROC needs both positive and negative samples with finite scores",
+            "check the memorization rule (evaluation.memorized_*) and the predictor values",
+        )
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    return Roc(fpr, tpr, thresholds)
+
+
+def fpr_at_tpr(is_positive: np.ndarray, score: np.ndarray, tpr: float = 0.75) -> float:
+    """FPR at the first ROC point with TPR > ``tpr``; higher score = more likely positive."""
+    return roc(is_positive, score).fpr_at_tpr(tpr)
+
+
+def tpr_at_fpr(is_positive: np.ndarray, score: np.ndarray, fpr: float = 0.01) -> float:
+    """Highest TPR reachable at FPR ≤ ``fpr``."""
+    return roc(is_positive, score).tpr_at_fpr(fpr)
+
+
+def auc(is_positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve."""
+    return roc(is_positive, score).auc()
+
+
+def evaluate(is_positive: np.ndarray, score: np.ndarray, *, tpr: float = 0.75) -> dict[str, float]:
+    """The reported numbers of one predictor: FPR@TPR, AUC, TPR at FPR 1 % and 0.1 %."""
+    curve = roc(is_positive, score)
+    return {
+        "fpr_at_tpr": curve.fpr_at_tpr(tpr),
+        "auc": curve.auc(),
+        "tpr_at_fpr_1pct": curve.tpr_at_fpr(0.01),
+        "tpr_at_fpr_0.1pct": curve.tpr_at_fpr(0.001),
+    }
+
+
+def off_the_shelf(is_memorized: np.ndarray, psmi_values: np.ndarray) -> tuple[float, float]:
+    """(FPR, TPR) of the rule "memorized iff P-SMI < 0" (METHOD §6.1 step 6; applied directly rather than as the
+    first ROC threshold below 0 of −P-SMI, which also counts the largest negative score's ties)."""
+    y = np.asarray(is_memorized, dtype=bool)
+    p = np.asarray(psmi_values, dtype=np.float64)
+    keep = np.isfinite(p)
+    y, predicted = y[keep], p[keep] < 0
+    if y.all() or not y.any():
+        raise MemauditError("the off-the-shelf point needs memorized and non-memorized samples", "check the rule")
+    return float(predicted[~y].mean()), float(predicted[y].mean())
+
+
+def memorized(llr: np.ndarray, *, rule: str = "top_fraction", fraction: float = 0.10, threshold: float = 4.0):
+    """Memorized flags from LiRA scores of one model's members: the top ``fraction`` (``llr ≥`` its
+    1 − fraction quantile, ties included, as the paper) or ``llr ≥ threshold``."""
+    llr = np.asarray(llr, dtype=np.float64)
+    if llr.size == 0:
+        raise MemauditError("no member to rank for memorization", "check the score files' member arrays")
+    if rule == "top_fraction":
+        return llr >= np.quantile(llr, 1 - fraction)
+    if rule == "threshold":
+        return llr >= threshold
+    raise MemauditError(f"unknown memorization rule {rule!r}", "use 'top_fraction' or 'threshold'")
+
+
+def prediction_checkpoint(median_member_loss: np.ndarray, ratio: float = 0.05) -> tuple[int, bool]:
+    """Index of the first checkpoint whose median member loss is below ``ratio`` × that of the first checkpoint
+    (METHOD §6.1 step 7), and whether it was found. Fallback when none is: the checkpoint with the lowest median
+    loss (the earliest of ties), returned with ``False``."""
+    losses = np.asarray(median_member_loss, dtype=np.float64)
+    if losses.ndim != 1 or losses.size == 0 or not np.isfinite(losses).all():
+        raise MemauditError("c_pred needs one finite median loss per checkpoint", "check the score files' loss")
+    below = np.flatnonzero(losses < ratio * losses[0])
+    if below.size:
+        return int(below[0]), True
+    return int(np.argmin(losses)), False
+
+
+def best_layer(is_positive: np.ndarray, scores_by_layer: np.ndarray, *, tpr: float = 0.75) -> tuple[int, np.ndarray]:
+    """Index of the layer with the lowest FPR@TPR (the first of ties), and every layer's FPR@TPR;
+    ``scores_by_layer`` is [L, N], oriented."""
+    fprs = np.array([fpr_at_tpr(is_positive, s, tpr) for s in np.asarray(scores_by_layer)])
+    return int(np.argmin(fprs)), fprs

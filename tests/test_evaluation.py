@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from memaudit.errors import MemauditError
+from memaudit.metrics import (
+    auc,
+    best_layer,
+    evaluate,
+    fpr_at_tpr,
+    memorized,
+    off_the_shelf,
+    prediction_checkpoint,
+    tpr_at_fpr,
+)
+
+# scores 8..1 in decreasing order; positives at 8, 6, 5, 3. ROC (fpr, tpr) after each threshold:
+# 8 (0, .25)  7 (.25, .25)  6 (.25, .5)  5 (.25, .75)  4 (.5, .75)  3 (.5, 1)  2 (.75, 1)  1 (1, 1)
+Y = np.array([1, 0, 1, 1, 0, 1, 0, 0], dtype=bool)
+S = np.array([8.0, 7, 6, 5, 4, 3, 2, 1])
+
+
+def test_fpr_at_tpr_takes_the_first_point_strictly_above():
+    assert fpr_at_tpr(Y, S, tpr=0.75) == 0.5  # tpr 0.75 itself is not enough
+    assert fpr_at_tpr(Y, S, tpr=0.5) == 0.25
+    assert fpr_at_tpr(Y, S, tpr=0.2) == 0.0
+    assert fpr_at_tpr(Y, -S, tpr=0.75) == 1.0  # reversed predictor
+
+
+def test_tpr_at_fpr_and_auc_by_hand():
+    assert tpr_at_fpr(Y, S, fpr=0.25) == 0.75
+    assert tpr_at_fpr(Y, S, fpr=0.01) == 0.25
+    assert auc(Y, S) == pytest.approx(12 / 16)  # positive/negative pairs ranked right: 4 + 3 + 3 + 2
+    numbers = evaluate(Y, S)
+    assert numbers == {"fpr_at_tpr": 0.5, "auc": 0.75, "tpr_at_fpr_1pct": 0.25, "tpr_at_fpr_0.1pct": 0.25}
+
+
+def test_non_finite_scores_are_dropped():
+    s = S.copy()
+    s[1] = np.nan  # the negative at 7 disappears: the point (.25, .75) becomes (0, .75)
+    assert fpr_at_tpr(Y, s, tpr=0.5) == 0.0
+    with pytest.raises(MemauditError, match="both positive and negative"):
+        fpr_at_tpr(np.ones(3, dtype=bool), np.arange(3.0))
+
+
+@pytest.mark.parametrize(
+    ("losses", "expected"),
+    [
+        ([5.060, 0.313, 0.117, 0.0216, 0.0232, 0.00324], 2),  # ARC, METHOD §6.1: 0.4 epoch
+        ([3.754, 0.475, 0.181, 0.0552, 0.0162, 0.00981], 2),  # ETHICS: 0.4
+        ([5.321, 0.0462, 0.00966, 0.00279, 0.00495, 0.00634], 1),  # MMLU-Mistral: 0.2
+        ([6.000, 0.424, 0.0820, 0.0432, 0.0334, 0.0577], 2),  # MMLU-Llama: 0.4
+        ([5.152, 0.0318, 0.00719, 0.00375, 0.00375, 0.00743], 1),  # MMLU-Gemma: 0.2
+    ],
+)
+def test_prediction_checkpoint_reproduces_the_papers_choices(losses, expected):
+    assert prediction_checkpoint(np.array(losses), 0.05) == (expected, True)
+
+
+def test_prediction_checkpoint_fallback():
+    assert prediction_checkpoint(np.array([1.0, 0.5, 0.3, 0.3, 0.4]), 0.05) == (2, False)
+    assert prediction_checkpoint(np.array([1.0, 0.5, 0.3]), 0.4) == (2, True)
+
+
+def test_off_the_shelf_point():
+    is_memorized = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    psmi_values = np.array([-0.3, -0.1, 0.2, -0.5, 0.1, 0.3, 0.0, 0.4])  # 0.0 is not < 0
+    assert off_the_shelf(is_memorized, psmi_values) == (0.2, pytest.approx(2 / 3))
+
+
+def test_memorized_rules():
+    llr = np.array([5.0, 1.0, 3.0, 3.0, -2.0, 0.0, 7.0, 2.0, 4.0, 6.0])
+    np.testing.assert_array_equal(np.flatnonzero(memorized(llr, fraction=0.2)), [6, 9])  # quantile .8 = 6
+    np.testing.assert_array_equal(np.flatnonzero(memorized(llr, rule="threshold", threshold=4)), [0, 6, 8, 9])
+    with pytest.raises(MemauditError, match="unknown memorization rule"):
+        memorized(llr, rule="median")
+
+
+def test_best_layer():
+    noise = np.array([3.0, 1, 2, 8, 5, 4, 7, 6])
+    index, fprs = best_layer(Y, np.stack([noise, S, -S]))
+    assert index == 1
+    np.testing.assert_array_equal(fprs, [fpr_at_tpr(Y, noise), 0.5, 1.0])
