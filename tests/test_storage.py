@@ -40,8 +40,9 @@ def _temp_objects(store) -> list[str]:
 
 
 def _write_behind_the_stores_back(store, key: str, data: bytes) -> None:
-    """Simulate corruption or tampering: change an object without going through the store's checks."""
+    """Simulate corruption, tampering or another tool: write an object without going through the store."""
     if isinstance(store, LocalStore):
+        store.path(key).parent.mkdir(parents=True, exist_ok=True)
         store.path(key).write_bytes(data)
     else:
         store._client.put_object(store.bucket, key, io.BytesIO(data), len(data))
@@ -95,11 +96,11 @@ def test_round_trips_and_uris(store, tmp_path):
 def test_listing_is_folder_like_and_sorted(store):
     for key in ["a/b/2", "a/b/1", "a/bc/3", "a/x", "z"]:
         store.put_bytes(key, key.encode())
-    assert store.list("a/b") == ["a/b/1", "a/b/2"]
-    assert store.list("a/b/") == ["a/b/1", "a/b/2"]
-    assert store.list("a") == ["a/b/1", "a/b/2", "a/bc/3", "a/x"]
-    assert store.list() == ["a/b/1", "a/b/2", "a/bc/3", "a/x", "z"]
-    assert store.list("nothing") == []
+    assert store.list_keys("a/b") == ["a/b/1", "a/b/2"]
+    assert store.list_keys("a/b/") == ["a/b/1", "a/b/2"]
+    assert store.list_keys("a") == ["a/b/1", "a/b/2", "a/bc/3", "a/x"]
+    assert store.list_keys() == ["a/b/1", "a/b/2", "a/bc/3", "a/x", "z"]
+    assert store.list_keys("nothing") == []
 
 
 @pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/./b", ".memaudit-tmp/x", ""])
@@ -116,7 +117,7 @@ def test_failed_upload_leaves_no_final_key_and_keeps_the_old_object(store):
     with pytest.raises(OSError, match="simulated"):
         store.put_stream("fp/big.bin", FailingStream(3 * 1024 * 1024), 6 * 1024 * 1024)
     assert not store.exists("fp/big.bin")
-    assert store.list() == []
+    assert store.list_keys() == []
     store.put_bytes("fp/keep.bin", b"version 1")
     with pytest.raises(OSError, match="simulated"):
         store.put_stream("fp/keep.bin", FailingStream(100), 200)
@@ -143,8 +144,8 @@ def test_s3_failure_in_the_final_copy_leaves_no_final_key(s3_server, monkeypatch
 
 def test_complete_marker_lists_sha256_and_size(store):
     files = {"fp/agg/samples.parquet": b"rows" * 100, "fp/agg/sub/summary.json": b'{"auc": 0.9}'}
-    for key, data in files.items():
-        store.put_bytes(key, data)
+    store.put_bytes("fp/agg/samples.parquet", files["fp/agg/samples.parquet"])
+    _write_behind_the_stores_back(store, "fp/agg/sub/summary.json", files["fp/agg/sub/summary.json"])  # no sha meta
     assert not store.is_complete("fp/agg") and not store.verify_complete("fp/agg")
     manifest = store.write_complete("fp/agg")
     expected = {k.removeprefix("fp/agg/"): {"sha256": _sha(v), "size": len(v)} for k, v in files.items()}
@@ -216,10 +217,10 @@ def test_complete_prefix_is_immutable_until_deleted(store, tmp_path):
     with pytest.raises(MemauditError, match="reserved"):
         store.put_bytes("fp/other/COMPLETE", b"{}")
     assert store.get_bytes("fp/aggregate/e1/summary.json") == b"v1"
-    assert store.list("fp/aggregate/e1") == ["fp/aggregate/e1/COMPLETE", "fp/aggregate/e1/summary.json"]
+    assert store.list_keys("fp/aggregate/e1") == ["fp/aggregate/e1/COMPLETE", "fp/aggregate/e1/summary.json"]
     store.put_bytes("fp/aggregate/e2/summary.json", b"other evaluation")  # a sibling prefix stays writable
     store.delete_prefix("fp/aggregate/e1")
-    assert store.list("fp/aggregate/e1") == []
+    assert store.list_keys("fp/aggregate/e1") == []
     store.put_bytes("fp/aggregate/e1/summary.json", b"v2")
     assert store.get_bytes("fp/aggregate/e1/summary.json", verify=False) == b"v2"
 
@@ -297,7 +298,7 @@ def test_resumable_checkpoints_and_shadow_completion(store, tmp_path):
     with pytest.raises(MemauditError, match=r"checkpoints \[20\] of shadow 3 are not complete"):
         run.download_checkpoints(3, tmp_path / "dl", steps=[10, 20])
     run.upload_checkpoint(3, 20, adapter(20))  # the resumed fine-tune replaces the leftovers
-    assert store.list(run.layout.adapter(3, 20)) == [run.layout.adapter(3, 20) + "/adapter_model.bin"]
+    assert store.list_keys(run.layout.adapter(3, 20)) == [run.layout.adapter(3, 20) + "/adapter_model.bin"]
     assert run.stored_checkpoints(3) == [0, 10, 20]
     with pytest.raises(MemauditError, match="complete"):
         run.upload_checkpoint(3, 10, adapter(10))
@@ -318,6 +319,9 @@ def test_resumable_checkpoints_and_shadow_completion(store, tmp_path):
     assert run.shadow_complete(3) and store.verify_complete(run.layout.shadow(3))
     with pytest.raises(MemauditError, match="complete"):
         store.put_bytes(run.layout.scores(3), b"rewritten")
+    with pytest.raises(MemauditError, match=r"lies inside the complete outputs at .*shadows/3; fix: delete"):
+        store.delete_prefix(run.layout.checkpoint(3, 0))
+    assert store.delete_prefix(run.layout.shadow(3)) == 8 and run.stored_checkpoints(3) == []
 
 
 # ------------------------------------------------------------------------------------------ URIs and environment

@@ -84,7 +84,15 @@ def test_config_params_flatten_the_whole_config(monkeypatch):
     assert params["evaluation_fingerprint"] == cfg.evaluation_fingerprint()
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert params["code_version"] == __version__ and params["git_commit"] == head
-    assert len(params) == len([k for k in params if "." in k]) + 4
+    assert params["run.gpu_node_selector"] == "{}" and params["run.gpu_resources.memory"] == "64Gi"
+    assert {k for k in params if "." not in k} == {
+        "preset",
+        "fingerprint",
+        "evaluation_fingerprint",
+        "code_version",
+        "git_commit",
+    }
+    assert {k.split(".")[0] for k in params if "." in k} == set(type(cfg).model_fields) - {"preset"}
     monkeypatch.setenv("MEMAUDIT_GIT_COMMIT", "abc123")
     assert code_version() == {"code_version": __version__, "git_commit": "abc123"}
 
@@ -127,10 +135,16 @@ def test_secret_guard_drops_planted_secrets(monkeypatch, caplog):
     assert "'model.revision'" in caplog.text and planted not in caplog.text and "pw-hidden" not in caplog.text
 
 
+@pytest.fixture(scope="session")
+def sqlite_uri(tmp_path_factory):
+    """One sqlite store for the session: MLflow takes seconds to create and migrate a new one."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"
+
+
 @pytest.fixture(params=["sqlite", "server"])
-def uri(request, tmp_path):
+def uri(request):
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+        return request.getfixturevalue("sqlite_uri")
     return request.getfixturevalue("mlflow_server").uri
 
 
@@ -195,14 +209,14 @@ def test_parent_children_summary(uri, tmp_path, monkeypatch, request):
     if "server" in request.node.callspec.id:  # proxied artifacts land in the SeaweedFS bucket
         s3 = request.getfixturevalue("s3_server")
         store = S3Store(s3.endpoint, s3.bucket, s3.access_key, s3.secret_key)
-        keys = store.list(f"mlflow/{run.info.experiment_id}/{parent}/artifacts")
+        keys = store.list_keys(f"mlflow/{run.info.experiment_id}/{parent}/artifacts")
         assert {k.rsplit("/artifacts/", 1)[1] for k in keys} >= {"report.html", "summary.json", "figures/roc.png"}
         key = next(k for k in keys if k.endswith("report.html"))
         assert store.get_bytes(key, verify=False) == b"<html>report</html>"
 
 
-def test_bad_inputs(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_bad_inputs(sqlite_uri, tmp_path):
+    uri = sqlite_uri
     parent = start_parent_run(load_config(preset="demo"), uri=uri)
     with pytest.raises(MemauditError, match=r"parent run 'nope' not found"):
         log_shadow(uri, "nope", 0, train_log(0))

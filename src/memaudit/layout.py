@@ -103,7 +103,7 @@ class RunStorage:
         replaced. Returns the checkpoint prefix URI. A checkpoint that is already complete raises (skip it instead).
         """
         prefix = self.layout.checkpoint(shadow, step)
-        if not self.store.is_complete(prefix) and self.store.list(prefix):
+        if not self.store.is_complete(prefix) and self.store.list_keys(prefix):
             self.store.delete_prefix(prefix)
         self.store.put_dir(self.layout.adapter(shadow, step), adapter_dir)
         self.store.write_complete(prefix)
@@ -111,7 +111,7 @@ class RunStorage:
 
     def stored_checkpoints(self, shadow: int) -> list[int]:
         """Steps of this shadow's complete checkpoints, ascending (where a killed fine-tune resumes from)."""
-        keys = self.store.list(f"{self.layout.shadow(shadow)}")
+        keys = self.store.list_keys(f"{self.layout.shadow(shadow)}")
         return sorted(int(m.group(1)) for key in keys if (m := _CKPT.search(key)))
 
     def download_checkpoints(

@@ -183,26 +183,34 @@ class ObjectStore(abc.ABC):
         return keys
 
     def delete_prefix(self, prefix: str) -> int:
-        """Delete everything under ``prefix`` (its marker first, so a half-deleted prefix is never 'complete')."""
+        """Delete everything under ``prefix`` (its marker first, so a half-deleted prefix is never 'complete');
+        returns the number of objects deleted. Refused inside a larger complete prefix (delete that one instead).
+        """
         prefix = check_prefix(prefix)
         if not prefix:
             raise MemauditError("refusing to delete the whole store", "delete a fingerprint or a narrower prefix")
-        keys = self.list(prefix)
+        for outer, manifest in self._markers_above([prefix]):
+            if manifest["scope"] == "prefix":
+                raise MemauditError(
+                    f"{self.uri(prefix)} lies inside the complete outputs at {self.uri(outer)}",
+                    f"delete {self.uri(outer)} instead",
+                )
+        keys = self.list_keys(prefix)
         marker = f"{prefix}/{MARKER}"
         if marker in keys:
-            self._raw_delete([marker])
             keys.remove(marker)
-        self._raw_delete(keys)
+            keys.insert(0, marker)
+        self._raw_delete(keys)  # in order: the marker first
         for sealed in [p for p in self._sealed if p == prefix or p.startswith(prefix + "/")]:
             del self._sealed[sealed]
-        return len(keys) + 1
+        return len(keys)
 
     # ------------------------------------------------------------------------------------------------ reads
 
     def exists(self, key: str) -> bool:
         return self._raw_exists(check_key(key))
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         """Sorted keys under ``prefix`` (a folder-like prefix: 'a/b' lists 'a/b/…', not 'a/bc')."""
         return sorted(self._raw_list(_under(check_prefix(prefix))))
 
@@ -228,7 +236,7 @@ class ObjectStore(abc.ABC):
     def get_dir(self, prefix: str, local_dir: str | Path, *, verify: bool = True) -> list[Path]:
         """Download every file under ``prefix`` (markers excluded) into ``local_dir``; returns the local paths."""
         prefix, local_dir = check_prefix(prefix), Path(local_dir)
-        keys = [k for k in self.list(prefix) if k.rsplit("/", 1)[-1] != MARKER]
+        keys = [k for k in self.list_keys(prefix) if k.rsplit("/", 1)[-1] != MARKER]
         if not keys:
             raise MemauditError(f"nothing stored under {self.uri(prefix)}", "run the task that writes it first")
         n = len(_under(prefix))
@@ -268,7 +276,7 @@ class ObjectStore(abc.ABC):
                 f"{self.uri(prefix)} is already complete",
                 "skip the task whose outputs are complete, or delete the prefix to recompute it",
             )
-        all_keys = [k for k in self.list(prefix) if k != f"{prefix}/{MARKER}"]
+        all_keys = [k for k in self.list_keys(prefix) if k != f"{prefix}/{MARKER}"]
         if keys is None:
             chosen = all_keys
         else:

@@ -180,11 +180,22 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
+def _no_telemetry() -> None:
+    """MLflow 3 sends usage telemetry unless told not to; an audit of sensitive data (often offline) does not."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.telemetry.client import get_telemetry_client, set_telemetry_client
+
+    if get_telemetry_client() is not None:
+        set_telemetry_client()  # re-reads the environment: drops the client unless the user enabled telemetry
+
+
 @contextlib.contextmanager
 def _client(uri: str) -> Iterator[Any]:
     """An MlflowClient for ``uri``; errors become one-line MemauditErrors; an http server is probed first."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    _no_telemetry()
 
     safe = redact_url(uri)
     if uri.startswith("sqlite:///"):
