@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+import memaudit
 from memaudit import __version__
 from memaudit.config import load_config
 from memaudit.errors import MemauditError
@@ -82,7 +83,9 @@ def test_config_params_flatten_the_whole_config(monkeypatch):
     assert len(params["model.layers"]) == 6000 and params["model.layers"].endswith("...")  # MLflow's limit
     assert params["fingerprint"] == cfg.fingerprint()
     assert params["evaluation_fingerprint"] == cfg.evaluation_fingerprint()
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    checkout = Path(memaudit.__file__).parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True)
+    head = head.stdout.strip()
     assert params["code_version"] == __version__ and params["git_commit"] == head
     assert params["run.gpu_node_selector"] == "{}" and params["run.gpu_resources.memory"] == "64Gi"
     assert {k for k in params if "." not in k} == {

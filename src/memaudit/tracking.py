@@ -173,7 +173,7 @@ def _scoped_env(values: Mapping[str, str], *, force: bool) -> Iterator[None]:
 
 
 def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = redact_url(" ".join(str(exc).split()))
     for hint in ("Connection refused", "timed out", "Name or service not known", "No route to host", "Unauthorized"):
         if hint.lower() in text.lower():
             return hint
@@ -192,14 +192,19 @@ def _no_telemetry() -> None:
 @contextlib.contextmanager
 def _client(uri: str) -> Iterator[Any]:
     """An MlflowClient for ``uri``; errors become one-line MemauditErrors; an http server is probed first."""
+    _no_telemetry()  # before the first import of mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    _no_telemetry()
-
     safe = redact_url(uri)
     if uri.startswith("sqlite:///"):
-        Path(unquote(uri.removeprefix("sqlite:///"))).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(unquote(uri.removeprefix("sqlite:///"))).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MemauditError(
+                f"cannot create {folder} for the MLflow database ({exc.strerror})", TRACKING_FIX
+            ) from None
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if uri.startswith(("http://", "https://")):
         with _scoped_env(PROBE_ENV, force=True):
