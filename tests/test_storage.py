@@ -415,6 +415,9 @@ def test_silent_endpoint_times_out_within_seconds():
 def test_bad_credentials_are_named_without_leaking_them(s3_server):
     with pytest.raises(MemauditError, match="invalid S3 bucket name 'B'"):
         S3Store(s3_server.endpoint, "B", s3_server.access_key, s3_server.secret_key)
+    host = s3_server.endpoint.removeprefix("http://")
+    with pytest.raises(MemauditError, match=rf"cannot connect to S3 endpoint https://{host} .*MEMAUDIT_S3_SECURE"):
+        S3Store(host, s3_server.bucket, s3_server.access_key, s3_server.secret_key, secure=True)  # TLS to plain HTTP
     with pytest.raises(MemauditError) as err:
         S3Store(s3_server.endpoint, s3_server.bucket, s3_server.access_key, "wrong-secret-123")
     message = _assert_one_line_without(err.value, "wrong-secret-123")

@@ -10,6 +10,7 @@ never appear in ``repr``, logs or error messages.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
@@ -56,7 +57,7 @@ def pool_manager(*, connect: float, read: float, retries: int, secure: bool) -> 
         timeout=urllib3.Timeout(connect=connect, read=read),
         maxsize=10,
         cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE",
-        ca_certs=certifi.where() if secure else None,
+        ca_certs=(os.environ.get("SSL_CERT_FILE") or certifi.where()) if secure else None,
         retries=urllib3.Retry(
             total=retries, connect=retries, read=retries, backoff_factor=0.3, status_forcelist=[500, 502, 503, 504]
         ),
@@ -84,7 +85,7 @@ class S3Store(ObjectStore):
         *,
         create_bucket: bool = True,
         connect_timeout: float = 3.0,
-        read_timeout: float = 120.0,
+        read_timeout: float = 30.0,
         retries: int = 3,
     ):
         super().__init__()
