@@ -13,8 +13,9 @@ in the file name or its folder, e.g. ``shadows/3/scores.npz`` or ``shadow-3.npz`
   +Mahalanobis per layer (when stored), +early LiRA (the model at c_pred against the others at their final
   checkpoint, as the paper).
 
-Files are read one at a time; what is kept is, per model, the final and c_pred logit gaps and the raw predictor
-values at c_pred (float32), plus the target's full arrays: about 4·S·N·(2L + 7) bytes.
+Files are read one at a time, the target's whole and only the c_pred and final checkpoints of the others
+(:mod:`memaudit.score_rows`); what is kept is, per model, the final and c_pred logit gaps and the raw predictor
+values at c_pred (float32), plus the target's arrays: about 4·S·N·(2L + 7) bytes.
 
 Outputs in ``output_dir``: ``samples.parquet`` (one row per train-pool sample: raw predictor values at c_pred,
 not sign-flipped), ``summary.json``, ``roc.parquet`` (target, c_pred) and ``timeline.parquet`` (target,
@@ -52,6 +53,7 @@ from memaudit.metrics import (
     roc,
 )
 from memaudit.pool import train_pool, validate_pool
+from memaudit.score_rows import PER_CHECKPOINT, read_score_rows
 from memaudit.scorefile import read_scores
 
 SIGNS = {"psmi": -1.0, "loss": 1.0, "logit_gap": -1.0, "mahalanobis": 1.0, "early_lira": 1.0}
@@ -164,15 +166,18 @@ def _read_population(cfg: ExperimentConfig, paths: list[Path], progress: bool) -
         "early_gap": np.zeros((n_models, n)),
         "values": np.zeros((n_models, n_predictors, n), dtype=np.float32),
     }
+    rows = [c_pred, target["checkpoints"].shape[0] - 1]
     for row, k in enumerate(tqdm(order, desc="score files", disable=not progress)):
-        arrays = target if row == 0 else read_scores(paths[k], keys=("mahalanobis",))
+        if row == 0:
+            arrays = {key: value[rows] if key in PER_CHECKPOINT else value for key, value in target.items()}
+        else:
+            arrays = read_score_rows(paths[k], rows, keys=("mahalanobis",))
         for name in _SAME_IN_EVERY_FILE:
             _check_same(name, arrays[name], target[name], paths[k])
-        gaps = logit_gap(arrays["option_logits"][[c_pred, -1]], np.broadcast_to(arrays["label_index"], (2, n)))
+        gaps = logit_gap(arrays["option_logits"], np.broadcast_to(arrays["label_index"], (2, n)))
         pop["early_gap"][row], pop["final_gap"][row] = gaps
         pop["member"][row] = arrays["member"]
-        pop["values"][row] = _raw_values(arrays, c_pred, gaps[0], with_maha)
-        del arrays
+        pop["values"][row] = _raw_values(arrays, 0, gaps[0], with_maha)
     return pop
 
 
@@ -202,12 +207,11 @@ def _timeline(cfg: ExperimentConfig, pop: dict[str, Any], others: np.ndarray, fl
     t = pop["target"]
     members, label = t["member"], t["label_index"]
     names = [*_predictor_names(t["layers"], pop["with_mahalanobis"]), "early_lira"]
-    kwargs = _lira_kwargs(cfg)
+    gaps = logit_gap(t["option_logits"], np.broadcast_to(label, t["option_logits"].shape[:2]))
+    early = lira(gaps, pop["final_gap"][others], pop["member"][others], **_lira_kwargs(cfg))
     rows = []
     for c in range(t["checkpoints"].shape[0]):
-        gap = logit_gap(t["option_logits"][c], label)
-        early = lira(gap, pop["final_gap"][others], pop["member"][others], **kwargs)
-        values = [*_raw_values(t, c, gap, pop["with_mahalanobis"]).astype(np.float64), early]
+        values = [*_raw_values(t, c, gaps[c], pop["with_mahalanobis"]).astype(np.float64), early[c]]
         for name, v in zip(names, values, strict=True):
             numbers = _evaluate_or_none(flags, _sign(name) * v[members], cfg.evaluation.tpr_target) or {}
             rows.append(

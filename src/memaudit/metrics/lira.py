@@ -125,6 +125,12 @@ def _score(
     return np.clip(score, -clip, clip)
 
 
+def _floors_from_sums(total: np.ndarray, squares: np.ndarray, count: int) -> np.ndarray:
+    """Per-row variance floors [R, 1] from each row's sum and sum of squares of its values (see module doc)."""
+    spread = np.maximum(squares / count - (total / count) ** 2, 0.0)
+    return np.where(spread > 0, _REL_FLOOR * spread, 1.0)[:, None]
+
+
 def lira(
     target_stat: np.ndarray,
     shadow_stats: np.ndarray,
@@ -135,15 +141,22 @@ def lira(
     clip: float = 100.0,
 ) -> np.ndarray:
     """LiRA score of each sample for the target: ``target_stat`` [N] against ``shadow_stats``/``shadow_member``
-    [S, N] → float64 [N], finite, in [−clip, clip]. Higher = more likely a member. Rules: module docstring."""
+    [S, N] → float64 [N], finite, in [−clip, clip]. Higher = more likely a member. Rules: module docstring.
+
+    ``target_stat`` may also be [T, N]: T statistics scored against the same shadows (e.g. one per checkpoint),
+    each row as if passed alone; the shadow moments are then computed once."""
     stats, member = _check(shadow_stats, shadow_member, "LiRA")
     x = np.asarray(target_stat, dtype=np.float64)
-    if x.shape != stats.shape[1:] or not np.isfinite(x).all():
+    if x.shape[-1:] != stats.shape[1:] or x.ndim not in (1, 2) or not np.isfinite(x).all():
         raise MemauditError(
             f"LiRA got a target statistic of shape {x.shape} for {stats.shape[1]} samples (or non-finite)",
             "pass one finite value per sample",
         )
-    floor = variance_floor(x, stats)
+    if x.ndim == 1:
+        floor: float | np.ndarray = variance_floor(x, stats)
+    else:
+        total, squares = stats.sum() + x.sum(axis=1), (stats * stats).sum() + (x * x).sum(axis=1)
+        floor = _floors_from_sums(total, squares, stats.size + x.shape[1])
     return _score(x, moments(stats, member), floor, online, global_variance, clip)
 
 
@@ -177,12 +190,9 @@ def lira_loo(
     if target_stats is None:
         floor: float | np.ndarray = variance_floor(stats)
     else:  # the variance of (target row m ∪ the other rows), as lira() takes it, from running sums
-        count = stats.size
-        total, squares = stats.sum(), (stats * stats).sum()
-        row_total = targets.sum(axis=1) - stats.sum(axis=1)
-        row_squares = (targets * targets).sum(axis=1) - (stats * stats).sum(axis=1)
-        spread = np.maximum((squares + row_squares) / count - ((total + row_total) / count) ** 2, 0.0)
-        floor = np.where(spread > 0, _REL_FLOOR * spread, 1.0)[:, None]
+        total = stats.sum() + targets.sum(axis=1) - stats.sum(axis=1)
+        squares = (stats * stats).sum() + (targets * targets).sum(axis=1) - (stats * stats).sum(axis=1)
+        floor = _floors_from_sums(total, squares, stats.size)
     result = np.empty_like(stats)
     for start in range(0, stats.shape[0], block):
         rows = slice(start, start + block)
