@@ -55,6 +55,8 @@ def test_independent_of_block_size_and_input_type():
     np.testing.assert_allclose(std_blocks, std_whole, rtol=1e-10, atol=1e-12)
     from_torch = psmi(torch.tensor(x), torch.tensor(labels), n_directions=50, seed=1)
     np.testing.assert_allclose(from_torch, whole, rtol=1e-12, atol=1e-12)
+    automatic = psmi(x, labels, n_directions=50, seed=1, device="auto")
+    np.testing.assert_allclose(automatic, whole, rtol=1e-9, atol=1e-10)
 
 
 def test_inputs_are_left_untouched():

@@ -38,6 +38,9 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _as_float64(features: np.ndarray | torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
+    """float64 tensor on ``device`` (None: where the features are, CPU for numpy; "auto": CUDA when present)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(features, torch.Tensor):
         return features.detach().to(device=device or features.device, dtype=torch.float64)
     return torch.as_tensor(np.asarray(features), dtype=torch.float64, device=device or "cpu")
@@ -114,9 +117,10 @@ def psmi(
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """P-SMI of each sample: ``features`` [N, d] (numpy or torch), ``labels`` [N] → float64 [N], always finite.
 
-    Runs with torch in float64 on ``device`` (default: the features' device, CPU for numpy input), over blocks
-    of ``batch_size`` directions (default: as many as fit in ``max_block_bytes`` of work arrays). With
-    ``return_std=True`` also returns the per-sample std over directions. See the module docstring for the rules.
+    Runs with torch in float64 on ``device`` (default: the features' device, CPU for numpy input; "auto": CUDA
+    when available), over blocks of ``batch_size`` directions (default: as many as fit in ``max_block_bytes`` of
+    work arrays). With ``return_std=True`` also returns the per-sample std over directions (ddof 0). See the
+    module docstring for the rules.
     """
     if n_directions < 1:
         raise MemauditError(f"P-SMI needs at least one direction, got {n_directions}", "set n_directions >= 1")
