@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from memaudit.errors import MemauditError
-from memaudit.score_rows import PER_CHECKPOINT, read_score_rows
+from memaudit.score_rows import PER_CHECKPOINT, read_score_rows, shadow_id
 from memaudit.scorefile import read_scores
 from memaudit.synthetic_scores import write_synthetic_scores
 
@@ -43,3 +43,19 @@ def test_corrupted_or_inconsistent_files(score_file, tmp_path):
     np.savez(odd, **full)
     with pytest.raises(MemauditError, match="loss has shape"):
         read_score_rows(odd, [0])
+
+
+def test_shadow_id(score_file, tmp_path):
+    assert shadow_id(score_file) == 0
+    arrays = dict(np.load(score_file))
+    del arrays["shadow"]
+    (tmp_path / "shadows" / "7").mkdir(parents=True)
+    np.savez(tmp_path / "shadows" / "7" / "scores.npz", **arrays)
+    assert shadow_id(tmp_path / "shadows" / "7" / "scores.npz") == 7
+    np.savez(tmp_path / "shadow-12.npz", **arrays)
+    assert shadow_id(tmp_path / "shadow-12.npz") == 12
+    np.savez(tmp_path / "shadows" / "scores.npz", **arrays)
+    with pytest.raises(MemauditError, match="names no shadow id"):
+        shadow_id(tmp_path / "shadows" / "scores.npz")
+    with pytest.raises(MemauditError, match="not found"):
+        shadow_id(tmp_path / "nope.npz")

@@ -1,4 +1,4 @@
-"""Read a few checkpoints of a score file without loading the others.
+"""Read a few checkpoints of a score file without loading the others, and a score file's shadow id.
 
 ``np.load`` reads a whole ``.npz`` member even to index one row, and a score file is mostly per-checkpoint arrays
 (``[C, ...]``). The aggregate stage needs two checkpoints per model, so it memory-maps the members instead: a
@@ -10,6 +10,7 @@ validated with the score-file schema; the zip CRCs of the mapped members are not
 
 from __future__ import annotations
 
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -70,3 +71,23 @@ def read_score_rows(path: str | Path, rows: list[int], keys: tuple[str, ...] = (
         raise MemauditError(
             f"score file {path} is corrupted ({type(exc).__name__})", "delete it and re-run the score stage"
         ) from None
+
+
+def shadow_id(path: Path) -> int:
+    """The shadow id of a score file: its ``shadow`` key, else the last integer in its name or its folder's
+    (``shadows/3/scores.npz``, ``shadow-3.npz``)."""
+    if not path.is_file():
+        raise MemauditError(f"score file {path} not found", "run the score stage for this shadow")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "shadow" in npz.files:
+                return int(npz["shadow"])
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise MemauditError(
+            f"score file {path} is corrupted ({type(exc).__name__})", "delete it and re-run the score stage"
+        ) from None
+    for name in (path.stem, path.parent.name):
+        found = re.findall(r"\d+", name)
+        if found:
+            return int(found[-1])
+    raise MemauditError(f"score file {path} names no shadow id", "re-run the score stage (it writes 'shadow')")
