@@ -64,13 +64,18 @@ def _check(stats: np.ndarray, member: np.ndarray, what: str) -> tuple[np.ndarray
 
 
 def moments(stats: np.ndarray, member: np.ndarray) -> Moments:
-    """Two-pass per-sample moments of ``stats`` [S, N] split by ``member`` [S, N]."""
-    out = ~member
-    n_in, n_out = member.sum(axis=0), out.sum(axis=0)
-    mu_in = np.where(member, stats, 0.0).sum(axis=0) / np.maximum(n_in, 1)
-    mu_out = np.where(out, stats, 0.0).sum(axis=0) / np.maximum(n_out, 1)
-    ss_in = np.where(member, (stats - mu_in) ** 2, 0.0).sum(axis=0)
-    ss_out = np.where(out, (stats - mu_out) ** 2, 0.0).sum(axis=0)
+    """Per-sample moments of ``stats`` [S, N] split by ``member`` [S, N]: means, then squared deviations from
+    each value's own group mean (two passes over the data)."""
+    weight = member.astype(np.float64)
+    n_in = member.sum(axis=0)
+    n_out = member.shape[0] - n_in
+    sum_in = np.einsum("ij,ij->j", weight, stats)
+    mu_in = sum_in / np.maximum(n_in, 1)
+    mu_out = np.where(n_out > 0, (stats.sum(axis=0) - sum_in) / np.maximum(n_out, 1), 0.0)
+    deviation = stats - np.where(member, mu_in, mu_out)
+    deviation *= deviation
+    ss_in = np.einsum("ij,ij->j", weight, deviation)
+    ss_out = np.maximum(deviation.sum(axis=0) - ss_in, 0.0)
     return Moments(n_in, mu_in, ss_in, n_out, mu_out, ss_out)
 
 
