@@ -47,7 +47,8 @@ class Moments:
     ss_out: np.ndarray
 
 
-def _check(stats: np.ndarray, member: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+def check_stats(stats: np.ndarray, member: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a [models, samples] statistic matrix and its membership; returns float64 and bool arrays."""
     stats = np.asarray(stats, dtype=np.float64)
     member = np.asarray(member)
     if stats.ndim != 2 or member.shape != stats.shape or stats.shape[0] == 0:
@@ -150,7 +151,7 @@ def lira(
 
     ``target_stat`` may also be [T, N]: T statistics scored against the same shadows (e.g. one per checkpoint),
     each row as if passed alone; the shadow moments are then computed once."""
-    stats, member = _check(shadow_stats, shadow_member, "LiRA")
+    stats, member = check_stats(shadow_stats, shadow_member, "LiRA")
     x = np.asarray(target_stat, dtype=np.float64)
     if x.shape[-1:] != stats.shape[1:] or x.ndim not in (1, 2) or not np.isfinite(x).all():
         raise MemauditError(
@@ -187,10 +188,10 @@ def lira_loo(
     models, exactly as :func:`lira` would. ``target_stats`` [M, N] (default ``stats``) is what is scored for
     model m, e.g. its statistic at an early checkpoint against the others' final ones. Vectorized: the
     population moments are computed once and model m's value is removed from them, ``block`` models at a time."""
-    stats, member = _check(stats, member, "LiRA")
+    stats, member = check_stats(stats, member, "LiRA")
     if stats.shape[0] < 2:
         raise MemauditError("leave-one-out LiRA needs at least 2 models", "score more shadows")
-    targets = stats if target_stats is None else _check(target_stats, member, "LiRA")[0]
+    targets = stats if target_stats is None else check_stats(target_stats, member, "LiRA")[0]
     full = moments(stats, member)
     if target_stats is None:
         floor: float | np.ndarray = variance_floor(stats)
