@@ -154,3 +154,18 @@ def test_cli(population, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: score file") and "corrupted" in err and "\n" not in err
+
+
+def test_files_without_mahalanobis(tmp_path):
+    synthetic = write_synthetic_scores(
+        tmp_path / "s", n_models=6, n_samples=120, layers=(5, 7), with_mahalanobis=False, seed=1
+    )
+    cfg = load_config(overrides=["evaluation.lira_mode=global"])
+    summary = aggregate(cfg, synthetic.paths, synthetic.pool, tmp_path / "out", progress=False)
+    assert list(summary["predictors"]) == ["psmi_L5", "psmi_L7", "loss", "logit_gap", "early_lira"]
+    samples = pd.read_parquet(tmp_path / "out" / "samples.parquet")
+    target = read_scores(synthetic.paths[0])
+    c = summary["c_pred"]["index"]
+    np.testing.assert_array_equal(samples["logit_gap"], logit_gap(target["option_logits"][c], target["label_index"]))
+    np.testing.assert_array_equal(samples["psmi_L7"], target["psmi"][c, 1].astype(np.float64))
+    np.testing.assert_array_equal(samples["loss"], target["loss"][c].astype(np.float64))

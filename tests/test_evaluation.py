@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from memaudit.errors import MemauditError
 from memaudit.metrics import (
@@ -10,6 +11,7 @@ from memaudit.metrics import (
     memorized,
     off_the_shelf,
     prediction_checkpoint,
+    roc,
     tpr_at_fpr,
 )
 
@@ -80,3 +82,18 @@ def test_best_layer():
     index, fprs = best_layer(Y, np.stack([noise, S, -S]))
     assert index == 1
     np.testing.assert_array_equal(fprs, [fpr_at_tpr(Y, noise), 0.5, 1.0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_is_sklearns_roc_curve(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.random(300) < 0.2
+    s = np.round(rng.normal(size=300) + y, 1)  # many ties
+    s[:5] = -0.0
+    s[5:10] = 0.0
+    curve = roc(y, s)
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_array_equal(curve.fpr, fpr)
+    np.testing.assert_array_equal(curve.tpr, tpr)
+    np.testing.assert_array_equal(curve.thresholds, thresholds)
+    assert curve.auc() == pytest.approx(roc_auc_score(y, s), rel=1e-12)

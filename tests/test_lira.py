@@ -113,6 +113,16 @@ def test_loo_with_other_target_statistics():
         np.testing.assert_allclose(loo[k], lira(early[k], final[others], member[others]), rtol=1e-9, atol=1e-9)
 
 
+def test_several_targets_at_once():
+    rng = np.random.default_rng(3)
+    member = rng.random((7, 25)) < 0.5
+    shadows = np.where(member, rng.normal(2, 1, (7, 25)), rng.normal(0, 1, (7, 25)))
+    targets = rng.normal(1, 2, (4, 25))
+    together = lira(targets, shadows, member, global_variance=True)
+    for row, x in zip(together, targets, strict=True):
+        np.testing.assert_allclose(row, lira(x, shadows, member, global_variance=True), rtol=1e-12)
+
+
 def test_bad_input():
     with pytest.raises(MemauditError, match="NaN"):
         lira(np.zeros(2), np.array([[np.nan, 1.0]]), np.ones((1, 2), dtype=bool))

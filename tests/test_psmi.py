@@ -55,6 +55,18 @@ def test_independent_of_block_size_and_input_type():
     np.testing.assert_allclose(std_blocks, std_whole, rtol=1e-10, atol=1e-12)
     from_torch = psmi(torch.tensor(x), torch.tensor(labels), n_directions=50, seed=1)
     np.testing.assert_allclose(from_torch, whole, rtol=1e-12, atol=1e-12)
+    automatic = psmi(x, labels, n_directions=50, seed=1, device="auto")
+    np.testing.assert_allclose(automatic, whole, rtol=1e-9, atol=1e-10)
+
+
+def test_inputs_are_left_untouched():
+    x, labels, _ = gaussian_classes(n=50, d=4)
+    keep = x.copy()
+    tensor = torch.tensor(x)
+    psmi(x, labels, n_directions=5)
+    psmi(tensor, labels, n_directions=5)
+    np.testing.assert_array_equal(x, keep)
+    np.testing.assert_array_equal(tensor.numpy(), keep)
 
 
 def test_mislabeled_samples_get_low_psmi():

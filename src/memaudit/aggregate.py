@@ -13,8 +13,9 @@ in the file name or its folder, e.g. ``shadows/3/scores.npz`` or ``shadow-3.npz`
   +Mahalanobis per layer (when stored), +early LiRA (the model at c_pred against the others at their final
   checkpoint, as the paper).
 
-Files are read one at a time; what is kept is, per model, the final and c_pred logit gaps and the raw predictor
-values at c_pred (float32), plus the target's full arrays: about 4·S·N·(2L + 7) bytes.
+Files are read one at a time, the target's whole and only the c_pred and final checkpoints of the others
+(:mod:`memaudit.score_rows`); what is kept is, per model, the final and c_pred logit gaps and the raw predictor
+values at c_pred (float32), plus the target's arrays: about 4·S·N·(2L + 7) bytes.
 
 Outputs in ``output_dir``: ``samples.parquet`` (one row per train-pool sample: raw predictor values at c_pred,
 not sign-flipped), ``summary.json``, ``roc.parquet`` (target, c_pred) and ``timeline.parquet`` (target,
@@ -26,9 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,40 +51,32 @@ from memaudit.metrics import (
     roc,
 )
 from memaudit.pool import train_pool, validate_pool
+from memaudit.score_rows import PER_CHECKPOINT, read_score_rows, shadow_id
 from memaudit.scorefile import read_scores
 
 SIGNS = {"psmi": -1.0, "loss": 1.0, "logit_gap": -1.0, "mahalanobis": 1.0, "early_lira": 1.0}
 _SAME_IN_EVERY_FILE = ("global_index", "label_index", "checkpoints", "layers")
 
 
-def _shadow_id(path: Path) -> int:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "shadow" in npz.files:
-                return int(npz["shadow"])
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise MemauditError(
-            f"score file {path} is corrupted ({type(exc).__name__})", "delete it and re-run the score stage"
-        ) from None
-    for name in (path.stem, path.parent.name):
-        found = re.findall(r"\d+", name)
-        if found:
-            return int(found[-1])
-    raise MemauditError(f"score file {path} names no shadow id", "re-run the score stage (it writes 'shadow')")
-
-
 def _predictor_names(layers: np.ndarray, with_mahalanobis: bool) -> list[str]:
     names = [f"psmi_L{layer}" for layer in layers] + ["loss", "logit_gap"]
-    return names + ([f"mahalanobis_L{layer}" for layer in layers] if with_mahalanobis else [])
+    return [*names, *([f"mahalanobis_L{layer}" for layer in layers] if with_mahalanobis else []), "early_lira"]
 
 
-def _raw_values(arrays: dict[str, np.ndarray], c: int, gap: np.ndarray, with_mahalanobis: bool) -> np.ndarray:
-    """Raw predictor values of one model at checkpoint index c, stacked [P, N] (order of _predictor_names)."""
-    parts = [arrays["psmi"][c], arrays["loss"][c][None], gap[None]]
+def _stored_values(arrays: dict[str, np.ndarray], c: int, with_mahalanobis: bool) -> np.ndarray:
+    """The predictors read from a score file at checkpoint index c, [P_stored, N]: P-SMI per layer, loss,
+    Mahalanobis per layer (NaN when this file lacks it)."""
+    parts = [arrays["psmi"][c], arrays["loss"][c][None]]
     if with_mahalanobis:
         maha = arrays.get("mahalanobis")
         parts.append(maha[c] if maha is not None else np.full_like(arrays["psmi"][c], np.nan))
-    return np.concatenate(parts).astype(np.float32)
+    return np.concatenate(parts)
+
+
+def _predictor_values(stored: np.ndarray, gap: np.ndarray, early: np.ndarray, n_layers: int) -> list[np.ndarray]:
+    """Raw float64 values in the order of :func:`_predictor_names` (the logit gap and early LiRA are computed)."""
+    values = [*stored.astype(np.float64)]
+    return [*values[: n_layers + 1], gap, *values[n_layers + 1 :], early]
 
 
 def _sign(name: str) -> float:
@@ -138,7 +129,7 @@ def _check_same(name: str, value: np.ndarray, reference: np.ndarray, path: Path)
 
 def _read_population(cfg: ExperimentConfig, paths: list[Path], progress: bool) -> dict[str, Any]:
     """One pass over the files, target first: gaps, membership and predictor values at c_pred of every model."""
-    ids = [_shadow_id(p) for p in paths]
+    ids = [shadow_id(p) for p in paths]
     if len(set(ids)) != len(ids):
         raise MemauditError(f"score files repeat shadow ids ({sorted(ids)})", "pass each shadow's file once")
     if cfg.shadows.target not in ids:
@@ -151,7 +142,7 @@ def _read_population(cfg: ExperimentConfig, paths: list[Path], progress: bool) -
     c_pred, how, medians = _choose_c_pred(cfg, target)
     with_maha = "mahalanobis" in target
     n_models, n = len(paths), target["global_index"].shape[0]
-    n_predictors = len(_predictor_names(target["layers"], with_maha))
+    n_stored = target["layers"].shape[0] * (2 if with_maha else 1) + 1
     pop = {
         "ids": [ids[k] for k in order],
         "target": target,
@@ -162,28 +153,34 @@ def _read_population(cfg: ExperimentConfig, paths: list[Path], progress: bool) -
         "member": np.zeros((n_models, n), dtype=bool),
         "final_gap": np.zeros((n_models, n)),
         "early_gap": np.zeros((n_models, n)),
-        "values": np.zeros((n_models, n_predictors, n), dtype=np.float32),
+        "stored": np.zeros((n_models, n_stored, n), dtype=np.float32),
     }
+    rows = [c_pred, target["checkpoints"].shape[0] - 1]
     for row, k in enumerate(tqdm(order, desc="score files", disable=not progress)):
-        arrays = target if row == 0 else read_scores(paths[k], keys=("mahalanobis",))
+        if row == 0:
+            arrays = {key: value[rows] if key in PER_CHECKPOINT else value for key, value in target.items()}
+        else:
+            arrays = read_score_rows(paths[k], rows, keys=("mahalanobis",))
         for name in _SAME_IN_EVERY_FILE:
             _check_same(name, arrays[name], target[name], paths[k])
-        gaps = logit_gap(arrays["option_logits"][[c_pred, -1]], np.broadcast_to(arrays["label_index"], (2, n)))
+        gaps = logit_gap(arrays["option_logits"], np.broadcast_to(arrays["label_index"], (2, n)))
         pop["early_gap"][row], pop["final_gap"][row] = gaps
         pop["member"][row] = arrays["member"]
-        pop["values"][row] = _raw_values(arrays, c_pred, gaps[0], with_maha)
-        del arrays
+        pop["stored"][row] = _stored_values(arrays, 0, with_maha)
     return pop
 
 
 def _per_model(cfg: ExperimentConfig, pop: dict[str, Any], loo: np.ndarray, early: np.ndarray) -> dict[str, Any]:
     """Mean ± std over all models (each as the target) of every predictor's numbers."""
-    names = [*_predictor_names(pop["target"]["layers"], pop["with_mahalanobis"]), "early_lira"]
+    layers = pop["target"]["layers"]
+    names = _predictor_names(layers, pop["with_mahalanobis"])
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for m in range(loo.shape[0]):
         members = pop["member"][m]
         flags = _memorized_flags(cfg, loo[m, members])
-        scores = [*pop["values"][m][:, members].astype(np.float64), early[m, members]]
+        scores = _predictor_values(
+            pop["stored"][m][:, members], pop["early_gap"][m, members], early[m, members], len(layers)
+        )
         for name, values in zip(names, scores, strict=True):
             numbers = _evaluate_or_none(flags, _sign(name) * values, cfg.evaluation.tpr_target)
             if numbers is not None:
@@ -201,13 +198,13 @@ def _timeline(cfg: ExperimentConfig, pop: dict[str, Any], others: np.ndarray, fl
     """FPR@TPR and AUC of every predictor of the target at every checkpoint."""
     t = pop["target"]
     members, label = t["member"], t["label_index"]
-    names = [*_predictor_names(t["layers"], pop["with_mahalanobis"]), "early_lira"]
-    kwargs = _lira_kwargs(cfg)
+    names = _predictor_names(t["layers"], pop["with_mahalanobis"])
+    gaps = logit_gap(t["option_logits"], np.broadcast_to(label, t["option_logits"].shape[:2]))
+    early = lira(gaps, pop["final_gap"][others], pop["member"][others], **_lira_kwargs(cfg))
     rows = []
     for c in range(t["checkpoints"].shape[0]):
-        gap = logit_gap(t["option_logits"][c], label)
-        early = lira(gap, pop["final_gap"][others], pop["member"][others], **kwargs)
-        values = [*_raw_values(t, c, gap, pop["with_mahalanobis"]).astype(np.float64), early]
+        stored = _stored_values(t, c, pop["with_mahalanobis"])
+        values = _predictor_values(stored, gaps[c], early[c], t["layers"].shape[0])
         for name, v in zip(names, values, strict=True):
             numbers = _evaluate_or_none(flags, _sign(name) * v[members], cfg.evaluation.tpr_target) or {}
             rows.append(
@@ -237,6 +234,36 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
 
 def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
+
+
+def _share(flags: np.ndarray, where: np.ndarray) -> float | None:
+    return float(flags[where].mean()) if where.any() else None
+
+
+def _enrichment(flags: np.ndarray, noisy: np.ndarray, wrong: np.ndarray) -> dict[str, Any]:
+    """Share of memorized members among randomized labels, kept labels and truly wrong labels."""
+    return {
+        "share_memorized_noisy": _share(flags, noisy),
+        "share_memorized_clean": _share(flags, ~noisy),
+        "share_memorized_wrong": _share(flags, wrong),
+        "n_noisy_members": int(noisy.sum()),
+        "n_wrong_members": int(wrong.sum()),
+    }
+
+
+def _evaluate_target(
+    names: list[str], member_values: list[np.ndarray], flags: np.ndarray, tpr: float
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Every predictor's numbers on the target's members, and their ROC curves in long format."""
+    numbers, curves = {}, []
+    for name, v in zip(names, member_values, strict=True):
+        score = _sign(name) * v
+        numbers[name] = _evaluate_or_none(flags, score, tpr)
+        if numbers[name] is not None:
+            curve = roc(flags, score)
+            frame = {"predictor": name, "fpr": curve.fpr, "tpr": curve.tpr, "threshold": curve.thresholds}
+            curves.append(pd.DataFrame(frame))
+    return numbers, pd.concat(curves, ignore_index=True)
 
 
 def aggregate(
@@ -273,8 +300,8 @@ def aggregate(
     mem_all = np.zeros_like(members)
     mem_all[members] = flags
 
-    names = [*_predictor_names(t["layers"], pop["with_mahalanobis"]), "early_lira"]
-    values = np.concatenate([pop["values"][0].astype(np.float64), early[:1]])
+    names = _predictor_names(t["layers"], pop["with_mahalanobis"])
+    values = _predictor_values(pop["stored"][0], pop["early_gap"][0], early[0], t["layers"].shape[0])
     samples = pd.DataFrame({"global_index": t["global_index"]})
     samples["label_randomized"] = train["label_status"].to_numpy() == 0
     samples["label_wrong"] = train["label_index"].to_numpy() != train["gold_index"].to_numpy()
@@ -284,21 +311,12 @@ def aggregate(
     samples["counterfactual"] = counterfactual_memorization(final, member)
     samples["asr"] = attack_success_rate(final, member, global_variance=ev.lira_mode == "global")
 
-    target_numbers, roc_rows = {}, []
-    for name, v in zip(names, values, strict=True):
-        score = _sign(name) * v[members]
-        target_numbers[name] = _evaluate_or_none(flags, score, ev.tpr_target)
-        if target_numbers[name] is not None:
-            curve = roc(flags, score)
-            roc_rows.append(
-                pd.DataFrame({"predictor": name, "fpr": curve.fpr, "tpr": curve.tpr, "threshold": curve.thresholds})
-            )
+    target_numbers, curves = _evaluate_target(names, [v[members] for v in values], flags, ev.tpr_target)
     layers = [int(layer) for layer in t["layers"]]
     psmi_fprs = [(target_numbers[f"psmi_L{layer}"] or {}).get("fpr_at_tpr", math.inf) for layer in layers]
     best = int(np.argmin(psmi_fprs))
     last = int(np.argmax(layers))
     ots_fpr, ots_tpr = off_the_shelf(flags, values[last][members])
-    noisy, wrong = samples["label_randomized"].to_numpy()[members], samples["label_wrong"].to_numpy()[members]
     c = pop["c_pred"]
     all_models = _per_model(cfg, pop, loo, early)
     summary: dict[str, Any] = {
@@ -315,13 +333,9 @@ def aggregate(
         "n_memorized": int(flags.sum()),
         "share_memorized": float(flags.mean()),
         "memorized_min_lira": float(target_lira[members][flags].min()),
-        "enrichment": {
-            "share_memorized_noisy": _finite_or_none(flags[noisy].mean()) if noisy.any() else None,
-            "share_memorized_clean": _finite_or_none(flags[~noisy].mean()) if (~noisy).any() else None,
-            "share_memorized_wrong": _finite_or_none(flags[wrong].mean()) if wrong.any() else None,
-            "n_noisy_members": int(noisy.sum()),
-            "n_wrong_members": int(wrong.sum()),
-        },
+        "enrichment": _enrichment(
+            flags, samples["label_randomized"].to_numpy()[members], samples["label_wrong"].to_numpy()[members]
+        ),
         "c_pred": {
             "index": c,
             "step": int(t["checkpoints"][c]),
@@ -345,7 +359,7 @@ def aggregate(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "samples.parquet", lambda p: samples.to_parquet(p, index=False))
-    _write_atomic(out / "roc.parquet", lambda p: pd.concat(roc_rows).to_parquet(p, index=False))
+    _write_atomic(out / "roc.parquet", lambda p: curves.to_parquet(p, index=False))
     _write_atomic(out / "timeline.parquet", lambda p: timeline.to_parquet(p, index=False))
     _write_atomic(out / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
     return summary

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from memaudit.errors import MemauditError
-from memaudit.metrics.lira import _check, gaussian_llr, gaussians, moments, variance_floor
+from memaudit.metrics.lira import check_stats, gaussian_llr, gaussians, moments, variance_floor
 from memaudit.metrics.psmi import _as_float64
 
 
@@ -86,7 +86,7 @@ def counterfactual_memorization(stats: np.ndarray, member: np.ndarray) -> np.nda
     """Counterfactual memorization (Zhang et al. 2021) with the logit gap as performance: per sample,
     mean over the models trained on it − mean over the others, over ALL models ``stats``/``member`` [M, N]
     (the reference left model 0 out of the second mean). NaN where a sample is never IN or never OUT."""
-    stats, member = _check(stats, member, "counterfactual memorization")
+    stats, member = check_stats(stats, member, "counterfactual memorization")
     n_in, n_out = member.sum(axis=0), (~member).sum(axis=0)
     mean_in = np.where(member, stats, 0.0).sum(axis=0) / np.maximum(n_in, 1)
     mean_out = np.where(member, 0.0, stats).sum(axis=0) / np.maximum(n_out, 1)
@@ -100,7 +100,7 @@ def attack_success_rate(stats: np.ndarray, member: np.ndarray, *, global_varianc
     from φ_out), with the moments and fallback rule of :mod:`memaudit.metrics.lira`; model m is predicted IN
     for sample i iff log φ_in(g_m(i)) > log φ_out(g_m(i)), and ASR_i is the share of models predicted right.
     """
-    stats, member = _check(stats, member, "attack success rate")
+    stats, member = check_stats(stats, member, "attack success rate")
     mu_in, var_in, mu_out, var_out = gaussians(
         moments(stats, member), variance_floor(stats), global_variance=global_variance
     )

@@ -2,6 +2,10 @@
 
 Scores are oriented "higher = more likely memorized" (−P-SMI, +loss, −logit gap, +Mahalanobis, +early LiRA).
 As in the paper's protocol (step 3), samples whose score is NaN or infinite are dropped before the ROC.
+
+The ROC is computed here with numpy and gives exactly the points of sklearn's
+``roc_curve(drop_intermediate=False)`` (one point per distinct score, thresholds included; a test checks it on
+tie-heavy data); it skips sklearn's input validation, which took 2/3 of the time of the aggregate's ~1,700 ROCs.
 """
 
 from __future__ import annotations
@@ -9,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import auc as _area
-from sklearn.metrics import roc_curve
 
 from memaudit.errors import MemauditError
 
 
 @dataclass(frozen=True)
 class Roc:
-    """One ROC curve (sklearn ``roc_curve(drop_intermediate=False)``); thresholds on the oriented score."""
+    """One ROC curve, as sklearn ``roc_curve(drop_intermediate=False)``; thresholds on the oriented score."""
 
     fpr: np.ndarray
     tpr: np.ndarray
@@ -32,7 +34,8 @@ class Roc:
         return float(self.tpr[self.fpr <= fpr].max())
 
     def auc(self) -> float:
-        return float(_area(self.fpr, self.tpr))
+        """Trapezoidal area under the curve (sklearn's ``auc`` of these points)."""
+        return float(np.trapezoid(self.tpr, self.fpr))
 
 
 def roc(is_positive: np.ndarray, score: np.ndarray) -> Roc:
@@ -48,8 +51,16 @@ def roc(is_positive: np.ndarray, score: np.ndarray) -> Roc:
             "ROC needs both positive and negative samples with finite scores",
             "check the memorization rule (evaluation.memorized_*) and the predictor values",
         )
-    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
-    return Roc(fpr, tpr, thresholds)
+    order = np.argsort(s)[::-1]  # ties share one ROC point, so their order does not matter
+    s, y = s[order], y[order]
+    ends = np.append(np.flatnonzero(np.diff(s)), s.size - 1)  # last index of each distinct score
+    tps = np.cumsum(y, dtype=np.float64)[ends]
+    fps = 1.0 + ends - tps
+    return Roc(
+        np.concatenate([[0.0], fps]) / fps[-1],
+        np.concatenate([[0.0], tps]) / tps[-1],
+        np.concatenate([[np.inf], s[ends]]),
+    )
 
 
 def fpr_at_tpr(is_positive: np.ndarray, score: np.ndarray, tpr: float = 0.75) -> float:

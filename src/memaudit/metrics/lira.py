@@ -47,7 +47,8 @@ class Moments:
     ss_out: np.ndarray
 
 
-def _check(stats: np.ndarray, member: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+def check_stats(stats: np.ndarray, member: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a [models, samples] statistic matrix and its membership; returns float64 and bool arrays."""
     stats = np.asarray(stats, dtype=np.float64)
     member = np.asarray(member)
     if stats.ndim != 2 or member.shape != stats.shape or stats.shape[0] == 0:
@@ -64,13 +65,18 @@ def _check(stats: np.ndarray, member: np.ndarray, what: str) -> tuple[np.ndarray
 
 
 def moments(stats: np.ndarray, member: np.ndarray) -> Moments:
-    """Two-pass per-sample moments of ``stats`` [S, N] split by ``member`` [S, N]."""
-    out = ~member
-    n_in, n_out = member.sum(axis=0), out.sum(axis=0)
-    mu_in = np.where(member, stats, 0.0).sum(axis=0) / np.maximum(n_in, 1)
-    mu_out = np.where(out, stats, 0.0).sum(axis=0) / np.maximum(n_out, 1)
-    ss_in = np.where(member, (stats - mu_in) ** 2, 0.0).sum(axis=0)
-    ss_out = np.where(out, (stats - mu_out) ** 2, 0.0).sum(axis=0)
+    """Per-sample moments of ``stats`` [S, N] split by ``member`` [S, N]: means, then squared deviations from
+    each value's own group mean (two passes over the data)."""
+    weight = member.astype(np.float64)
+    n_in = member.sum(axis=0)
+    n_out = member.shape[0] - n_in
+    sum_in = np.einsum("ij,ij->j", weight, stats)
+    mu_in = sum_in / np.maximum(n_in, 1)
+    mu_out = np.where(n_out > 0, (stats.sum(axis=0) - sum_in) / np.maximum(n_out, 1), 0.0)
+    deviation = stats - np.where(member, mu_in, mu_out)
+    deviation *= deviation
+    ss_in = np.einsum("ij,ij->j", weight, deviation)
+    ss_out = np.maximum(deviation.sum(axis=0) - ss_in, 0.0)
     return Moments(n_in, mu_in, ss_in, n_out, mu_out, ss_out)
 
 
@@ -125,6 +131,12 @@ def _score(
     return np.clip(score, -clip, clip)
 
 
+def _floors_from_sums(total: np.ndarray, squares: np.ndarray, count: int) -> np.ndarray:
+    """Per-row variance floors [R, 1] from each row's sum and sum of squares of its values (see module doc)."""
+    spread = np.maximum(squares / count - (total / count) ** 2, 0.0)
+    return np.where(spread > 0, _REL_FLOOR * spread, 1.0)[:, None]
+
+
 def lira(
     target_stat: np.ndarray,
     shadow_stats: np.ndarray,
@@ -135,15 +147,22 @@ def lira(
     clip: float = 100.0,
 ) -> np.ndarray:
     """LiRA score of each sample for the target: ``target_stat`` [N] against ``shadow_stats``/``shadow_member``
-    [S, N] → float64 [N], finite, in [−clip, clip]. Higher = more likely a member. Rules: module docstring."""
-    stats, member = _check(shadow_stats, shadow_member, "LiRA")
+    [S, N] → float64 [N], finite, in [−clip, clip]. Higher = more likely a member. Rules: module docstring.
+
+    ``target_stat`` may also be [T, N]: T statistics scored against the same shadows (e.g. one per checkpoint),
+    each row as if passed alone; the shadow moments are then computed once."""
+    stats, member = check_stats(shadow_stats, shadow_member, "LiRA")
     x = np.asarray(target_stat, dtype=np.float64)
-    if x.shape != stats.shape[1:] or not np.isfinite(x).all():
+    if x.shape[-1:] != stats.shape[1:] or x.ndim not in (1, 2) or not np.isfinite(x).all():
         raise MemauditError(
             f"LiRA got a target statistic of shape {x.shape} for {stats.shape[1]} samples (or non-finite)",
             "pass one finite value per sample",
         )
-    floor = variance_floor(x, stats)
+    if x.ndim == 1:
+        floor: float | np.ndarray = variance_floor(x, stats)
+    else:
+        total, squares = stats.sum() + x.sum(axis=1), (stats * stats).sum() + (x * x).sum(axis=1)
+        floor = _floors_from_sums(total, squares, stats.size + x.shape[1])
     return _score(x, moments(stats, member), floor, online, global_variance, clip)
 
 
@@ -169,20 +188,17 @@ def lira_loo(
     models, exactly as :func:`lira` would. ``target_stats`` [M, N] (default ``stats``) is what is scored for
     model m, e.g. its statistic at an early checkpoint against the others' final ones. Vectorized: the
     population moments are computed once and model m's value is removed from them, ``block`` models at a time."""
-    stats, member = _check(stats, member, "LiRA")
+    stats, member = check_stats(stats, member, "LiRA")
     if stats.shape[0] < 2:
         raise MemauditError("leave-one-out LiRA needs at least 2 models", "score more shadows")
-    targets = stats if target_stats is None else _check(target_stats, member, "LiRA")[0]
+    targets = stats if target_stats is None else check_stats(target_stats, member, "LiRA")[0]
     full = moments(stats, member)
     if target_stats is None:
         floor: float | np.ndarray = variance_floor(stats)
     else:  # the variance of (target row m ∪ the other rows), as lira() takes it, from running sums
-        count = stats.size
-        total, squares = stats.sum(), (stats * stats).sum()
-        row_total = targets.sum(axis=1) - stats.sum(axis=1)
-        row_squares = (targets * targets).sum(axis=1) - (stats * stats).sum(axis=1)
-        spread = np.maximum((squares + row_squares) / count - ((total + row_total) / count) ** 2, 0.0)
-        floor = np.where(spread > 0, _REL_FLOOR * spread, 1.0)[:, None]
+        total = stats.sum() + targets.sum(axis=1) - stats.sum(axis=1)
+        squares = (stats * stats).sum() + (targets * targets).sum(axis=1) - (stats * stats).sum(axis=1)
+        floor = _floors_from_sums(total, squares, stats.size)
     result = np.empty_like(stats)
     for start in range(0, stats.shape[0], block):
         rows = slice(start, start + block)

@@ -38,9 +38,18 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _as_float64(features: np.ndarray | torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
+    """float64 tensor on ``device`` (None: where the features are, CPU for numpy; "auto": CUDA when present)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(features, torch.Tensor):
         return features.detach().to(device=device or features.device, dtype=torch.float64)
     return torch.as_tensor(np.asarray(features), dtype=torch.float64, device=device or "cpu")
+
+
+def _shares_memory(x: torch.Tensor, source: np.ndarray | torch.Tensor) -> bool:
+    if isinstance(source, torch.Tensor):
+        return x.data_ptr() == source.data_ptr()
+    return isinstance(source, np.ndarray) and x.device.type == "cpu" and np.shares_memory(x.numpy(), source)
 
 
 def _label_codes(labels: np.ndarray | torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,13 +63,15 @@ def _label_codes(labels: np.ndarray | torch.Tensor, n: int) -> tuple[np.ndarray,
     return codes.astype(np.int64), np.bincount(codes).astype(np.int64)
 
 
-def _normalised(x: torch.Tensor) -> torch.Tensor:
-    """Centre and divide by the overall RMS (P-SMI is invariant to both; keeps magnitudes near 1)."""
+def _normalised(x: torch.Tensor, owned: bool) -> torch.Tensor:
+    """Centre and divide by the overall RMS (P-SMI is invariant to both; keeps magnitudes near 1).
+    ``owned``: ``x`` is a private copy, so it is modified in place (saves one N × d float64 buffer)."""
     if not bool(torch.isfinite(x).all()):
         raise MemauditError("P-SMI got NaN or infinite features", "check the hidden states passed to it")
-    x = x - x.mean(dim=0, keepdim=True)
-    rms = float(torch.sqrt((x * x).mean()))
-    return x / rms if rms > 0 else x
+    mean = x.mean(dim=0, keepdim=True)
+    x = x.sub_(mean) if owned else x - mean
+    rms = float(torch.linalg.vector_norm(x)) / math.sqrt(x.numel())
+    return x.div_(rms) if rms > 0 else x
 
 
 def _pmi_block(
@@ -106,20 +117,22 @@ def psmi(
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """P-SMI of each sample: ``features`` [N, d] (numpy or torch), ``labels`` [N] → float64 [N], always finite.
 
-    Runs with torch in float64 on ``device`` (default: the features' device, CPU for numpy input), over blocks
-    of ``batch_size`` directions (default: as many as fit in ``max_block_bytes`` of work arrays). With
-    ``return_std=True`` also returns the per-sample std over directions. See the module docstring for the rules.
+    Runs with torch in float64 on ``device`` (default: the features' device, CPU for numpy input; "auto": CUDA
+    when available), over blocks of ``batch_size`` directions (default: as many as fit in ``max_block_bytes`` of
+    work arrays). With ``return_std=True`` also returns the per-sample std over directions (ddof 0). See the
+    module docstring for the rules.
     """
     if n_directions < 1:
         raise MemauditError(f"P-SMI needs at least one direction, got {n_directions}", "set n_directions >= 1")
     x = _as_float64(features, device)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise MemauditError(f"P-SMI got features of shape {tuple(x.shape)}", "pass a non-empty [N, d] array")
+    owned = not _shares_memory(x, features)
     n, dim = x.shape
     codes_np, counts_np = _label_codes(labels, n)
     if not (counts_np >= 2).any():
         raise MemauditError("P-SMI needs a class with at least 2 samples", "score more samples per label")
-    x = _normalised(x)
+    x = _normalised(x, owned)
     dev = x.device
     codes = torch.as_tensor(codes_np, device=dev)
     counts = torch.as_tensor(counts_np, dtype=torch.float64, device=dev)
