@@ -34,7 +34,8 @@ def _common(task: dsl.PipelineTask, cfg: ExperimentConfig, name: str, *, gpu: bo
     if not gpu:
         return
     task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    task.set_retry(num_retries=run.retries, backoff_duration=f"{run.retry_backoff_s}s", backoff_factor=2.0)
+    if run.retries:
+        task.set_retry(num_retries=run.retries, backoff_duration=f"{run.retry_backoff_s}s", backoff_factor=2.0)
     kubernetes.use_secret_as_env(task, run.hf_token_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
     for key, value in run.gpu_node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)

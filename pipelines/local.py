@@ -22,8 +22,7 @@ from memaudit.config import ExperimentConfig
 from memaudit.errors import MemauditError
 from memaudit.pipelines.audit import build_pipeline
 from memaudit.progress import PROGRESS_ENV, read_events
-
-STORE_DIR_ENV = "MEMAUDIT_STORE_DIR"
+from memaudit.tasks import STORE_DIR_ENV, THREADS_ENV, WORK_DIR_ENV
 
 
 @dataclass
@@ -83,10 +82,18 @@ def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = Tru
     output.mkdir(parents=True, exist_ok=True)
     log_path, events_path = output / "kfp.log", output / "progress.jsonl"
     events_path.unlink(missing_ok=True)
-    env = {PROGRESS_ENV: str(events_path), STORE_DIR_ENV: str(output / "store")}
+    threads = max(1, (os.cpu_count() or 1) // min(cfg.run.parallelism, cfg.shadows.n_shadows))
+    env = {
+        PROGRESS_ENV: str(events_path),
+        STORE_DIR_ENV: str(output / "store"),
+        WORK_DIR_ENV: str(output / "work"),
+        THREADS_ENV: str(threads),
+    }
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{output / 'mlflow.db'}"
-    pipeline = build_pipeline(cfg)
+    # no retries with back-off on this machine: a failed task is reported at once
+    local_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"retries": 0})})
+    pipeline = build_pipeline(local_cfg)
     console = sys.stderr
     bars = _Bars(cfg.shadows.n_shadows, console, progress)
     failure: list[BaseException] = []
@@ -130,3 +137,17 @@ def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = Tru
             f"see the task logs in {log_path}",
         )
     return LocalRun(output=output, log=log_path, wall_s=time.monotonic() - start, events=events)
+
+
+def collect_outputs(cfg: ExperimentConfig, output: str | Path) -> tuple[dict, Path]:
+    """Copy the run's summary and report from the object store into ``output``; returns (summary, report path)."""
+    import json
+
+    from memaudit.storage import RunStorage, store_from_env
+
+    output = Path(output)
+    storage = RunStorage(store_from_env(output / "store"), cfg.fingerprint())
+    efp = cfg.evaluation_fingerprint()
+    summary_path = storage.store.get_file(f"{storage.layout.aggregate(efp)}/summary.json", output / "summary.json")
+    storage.store.get_dir(storage.layout.report(efp), output / "report")
+    return json.loads(summary_path.read_text()), output / "report" / "report.html"

@@ -68,6 +68,28 @@ def _config_inputs(config: Path | None, overrides: list[str] | None) -> tuple[st
     return (json.dumps(data) if data else ""), "; ".join(overrides or [])
 
 
+@app.command()
+def run(
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="output folder (default runs/<preset>)")] = None,
+    progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+) -> None:
+    """Run the whole pipeline on this machine (kfp.local), then print the summary and the report's path."""
+    cfg = resolve_config(preset, config, set_)
+    from memaudit.aggregate import format_summary
+    from memaudit.pipelines.local import collect_outputs, run_local
+
+    output = output or Path("runs") / (cfg.preset or "custom")
+    typer.echo(f"memaudit run: preset {cfg.preset or '-'}, fingerprint {cfg.fingerprint()}, output {output}")
+    result = run_local(cfg, output, progress=progress)
+    summary, report = collect_outputs(cfg, result.output)
+    typer.echo(format_summary(summary))
+    typer.echo(f"report: {report}")
+    typer.echo(f"wall time {result.wall_s:.0f} s; task logs: {result.log}")
+
+
 @app.command("compile")
 def compile_cmd(
     preset: PresetOpt = None,

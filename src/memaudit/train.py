@@ -55,7 +55,7 @@ from memaudit.schedule import (
 RUN_FILE = "run.json"
 LOG_FILE = "train_log.json"
 
-__all__ = ["checkpoint_schedule", "finetune"]
+__all__ = ["checkpoint_schedule", "claim_output_dir", "finetune", "restore_checkpoint"]
 
 
 def _seed(*parts: int) -> int:
@@ -125,6 +125,12 @@ def _claim_output_dir(output_dir: Path, identity: dict[str, Any], resume: bool) 
     return done
 
 
+def _seal(folder: Path, step: int, epoch: float) -> None:
+    """Write the checkpoint's COMPLETE marker (step, epoch, sha256 of the adapter files)."""
+    files = {str(p.relative_to(folder)): _sha256(p) for p in sorted((folder / ADAPTER_DIR).rglob("*")) if p.is_file()}
+    (folder / COMPLETE_MARKER).write_text(json.dumps({"step": step, "epoch": epoch, "files": files}, indent=1))
+
+
 def _save_checkpoint(model, output_dir: Path, step: int, epoch: float, state: dict[str, Any]) -> Path:
     """Write ``ckpt-<step>`` atomically (adapter, trainer state, COMPLETE last); drop older trainer states."""
     final = checkpoint_dir(output_dir, step)
@@ -132,8 +138,7 @@ def _save_checkpoint(model, output_dir: Path, step: int, epoch: float, state: di
     shutil.rmtree(tmp, ignore_errors=True)
     save_adapter(model, tmp / ADAPTER_DIR)
     torch.save(state, tmp / STATE_FILE)
-    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted((tmp / ADAPTER_DIR).rglob("*")) if p.is_file()}
-    (tmp / COMPLETE_MARKER).write_text(json.dumps({"step": step, "epoch": epoch, "files": files}, indent=1))
+    _seal(tmp, step, epoch)
     if final.exists():  # re-written after resuming from an earlier checkpoint: same content
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -141,6 +146,30 @@ def _save_checkpoint(model, output_dir: Path, step: int, epoch: float, state: di
         if other_step != step:
             (other / STATE_FILE).unlink(missing_ok=True)
     return final
+
+
+def restore_checkpoint(
+    output_dir: str | Path, step: int, epoch: float, adapter_dir: str | Path, state_file: str | Path | None = None
+) -> Path:
+    """Lay a stored checkpoint (adapter folder, optional trainer state) into ``output_dir`` as ``finetune`` and
+    ``score_shadow`` expect it; the files are moved. Used to resume from, or score, checkpoints kept elsewhere."""
+    output_dir = Path(output_dir)
+    final = checkpoint_dir(output_dir, step)
+    tmp = output_dir / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.move(str(adapter_dir), tmp / ADAPTER_DIR)
+    if state_file is not None:
+        shutil.move(str(state_file), tmp / STATE_FILE)
+    _seal(tmp, step, epoch)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+
+
+def claim_output_dir(output_dir: str | Path, cfg: ExperimentConfig, shadow: int, member: np.ndarray) -> None:
+    """Mark ``output_dir`` as holding this shadow's run (what ``finetune`` checks before resuming in it)."""
+    _claim_output_dir(Path(output_dir), _run_identity(cfg, shadow, member), resume=True)
 
 
 def _finished_log(output_dir: Path, schedule: dict[int, float]) -> dict[str, Any] | None:
