@@ -31,7 +31,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 compile: $(STAMP)
-	$(BIN)/memaudit compile
+	$(BIN)/memaudit compile --preset arc-mistral
 
 images: $(STAMP)
 	$(BIN)/memaudit images build

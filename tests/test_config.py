@@ -7,6 +7,7 @@ from memaudit.config import (
     LORA_TARGETS,
     PAPER_LAYERS_32,
     PAPER_LAYERS_GEMMA,
+    config_from_parameters,
     load_config,
     preset_names,
 )
@@ -165,3 +166,30 @@ def test_cli_presets_lists_all(capsys):
     main(["presets"])
     out = capsys.readouterr().out
     assert all(name in out for name in preset_names())
+
+
+def test_pipeline_parameters_resolve_in_order():
+    text = load_config(preset="demo", overrides=["training.epochs=3"]).to_yaml()
+    cfg = config_from_parameters(
+        preset="", config_yaml=text, overrides="lora.r=4; training.epochs=5", n_shadows=6, dataset="", model=""
+    )
+    assert cfg.preset == "demo" and cfg.training.epochs == 5 and cfg.lora.r == 4 and cfg.shadows.n_shadows == 6
+    assert config_from_parameters(preset="mmlu-gemma").model.name == "google/gemma-7b"
+    switched = config_from_parameters(preset="arc-mistral", dataset="mmlu", model="meta-llama/Llama-2-7b-hf")
+    assert (switched.dataset.name, switched.model.name) == ("mmlu", "meta-llama/Llama-2-7b-hf")
+    # the full text of a resolved config round-trips exactly
+    assert config_from_parameters(config_yaml=text) == load_config(preset="demo", overrides=["training.epochs=3"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"config_yaml": "a: [1"}, "not valid YAML"),
+        ({"config_yaml": "- 1"}, "mapping"),
+        ({"preset": "demo", "overrides": "lora.r=0"}, "lora.r"),
+        ({"preset": "demo", "n_shadows": 1}, "n_shadows"),
+    ],
+)
+def test_bad_pipeline_parameters_are_one_line(kwargs, needle):
+    with pytest.raises(MemauditError, match=needle):
+        config_from_parameters(**kwargs)

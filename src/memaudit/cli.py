@@ -92,6 +92,117 @@ def stage_aggregate(
     typer.echo(f"wrote {output}/summary.json, samples.parquet, roc.parquet, timeline.parquet")
 
 
+def _config_inputs(config: Path | None, overrides: list[str] | None) -> tuple[str, str]:
+    """The config file's text and the overrides as lines: the pipeline parameters' defaults."""
+    text = config.read_text() if config and config.is_file() else ""
+    return text, "\n".join(overrides or [])
+
+
+@app.command("compile")
+def compile_cmd(
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output: Annotated[Path | None, typer.Option(help="IR YAML to write (default: the committed one)")] = None,
+    kubernetes_manifest: Annotated[
+        Path | None, typer.Option(help="also write Pipeline/PipelineVersion resources (pipelines.kubeflow.org)")
+    ] = None,
+    namespace: Annotated[str | None, typer.Option(help="namespace of the Kubernetes resources")] = None,
+) -> None:
+    """Compile the pipeline to KFP IR YAML (upload it in the KFP UI)."""
+    cfg = resolve_config(preset, config, set_)
+    from memaudit.pipelines.compile import COMPILED, compile_pipeline
+
+    config_yaml, overrides = _config_inputs(config, set_)
+    written = compile_pipeline(
+        cfg,
+        output or COMPILED,
+        config_yaml=config_yaml,
+        overrides=overrides,
+        kubernetes_manifest=kubernetes_manifest,
+        namespace=namespace,
+    )
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def submit(
+    host: Annotated[
+        str, typer.Option(help="KFP API endpoint, e.g. http://localhost:8080", envvar="KF_PIPELINES_ENDPOINT")
+    ],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    experiment: Annotated[str | None, typer.Option(help="KFP experiment (default: run.experiment)")] = None,
+    run_name: Annotated[str | None, typer.Option(help="name of the run")] = None,
+    namespace: Annotated[str | None, typer.Option(help="KFP namespace (multi-user installs)")] = None,
+    token: Annotated[str | None, typer.Option(help="bearer token", envvar="KF_PIPELINES_TOKEN")] = None,
+) -> None:
+    """Compile the pipeline for this config, upload it to a KFP API and start a run."""
+    cfg = resolve_config(preset, config, set_)
+    import contextlib
+    import io
+
+    from memaudit.pipelines.submit import submit_run
+
+    with contextlib.redirect_stdout(io.StringIO()):  # kfp.Client prints links of its own
+        result = submit_run(cfg, host=host, experiment=experiment, run_name=run_name, namespace=namespace, token=token)
+    typer.echo(f"run {result.run_id} started (pipeline version {result.version_id})")
+    typer.echo(f"follow it at {result.run_url}")
+
+
+@stage_app.command("prepare")
+def stage_prepare(
+    output: Annotated[Path, typer.Option("--output", "-o", help="pool file to write (parquet)")],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="local copy of the dataset in its upstream layout (no Hub)")
+    ] = None,
+) -> None:
+    """Build the pool (sources, hold-out, templates, label noise) and write pool.parquet."""
+    from memaudit.data import build_pool, pool_summary
+    from memaudit.pool import write_pool
+
+    cfg = resolve_config(preset, config, set_)
+    pool = build_pool(cfg, data_dir=data_dir)
+    write_pool(pool, output)
+    summary = pool_summary(pool)
+    options = ", ".join(f"{k}: {v}" for k, v in summary["options_per_sample"].items())
+    typer.echo(f"wrote {output}: dataset {cfg.dataset.name}, {summary['n_train']} train + {summary['n_test']} test")
+    typer.echo(
+        f"random labels {summary['share_random_labels']:.2%}, wrong labels {summary['share_wrong_labels']:.2%} "
+        f"of train; options per sample {{{options}}}"
+    )
+
+
+@stage_app.command("split")
+def stage_split(
+    pool: Annotated[Path, typer.Option("--pool", help="pool file from memaudit stage prepare")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="membership matrix to write (.npy)")],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Draw which train-pool samples each shadow trains on and write the membership matrix."""
+    from memaudit.pool import read_pool, train_pool
+    from memaudit.splits import membership_matrix, write_membership
+
+    cfg = resolve_config(preset, config, set_)
+    n_samples = len(train_pool(read_pool(pool)))
+    shadows = cfg.shadows
+    member = membership_matrix(shadows.n_shadows, n_samples, scheme=shadows.scheme, seed=shadows.seed)
+    write_membership(member, output)
+    per_model, per_sample = member.sum(axis=1), member.sum(axis=0)
+    typer.echo(f"wrote {output}: {shadows.n_shadows} models x {n_samples} samples, scheme {shadows.scheme}")
+    typer.echo(
+        f"members per model {per_model.min()}-{per_model.max()}; "
+        f"memberships per sample min {per_sample.min()}, max {per_sample.max()}, mean {per_sample.mean():.2f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning :class:`MemauditError` into one line on stderr and exit code 2."""
     try:

@@ -42,8 +42,9 @@ class SyntheticConfig(_Section):
 
     n_samples: int = Field(1200, gt=8, description="rows generated before the test hold-out")
     n_options: int = Field(4, ge=2, le=8, description="options per item")
-    n_categories: int = Field(4, ge=2, description="categories of the rule")
-    words_per_category: int = Field(12, ge=2, description="keywords per category")
+    n_categories: int = Field(4, ge=2, le=16, description="categories of the rule")
+    words_per_category: int = Field(64, ge=2, description="keywords per category (a long tail of rare ones)")
+    keyword_zipf: float = Field(1.0, ge=0, description="Zipf exponent of keyword frequencies (the rare tail)")
     n_filler_words: int = Field(40, ge=4, description="size of the filler vocabulary")
     min_length: int = Field(4, ge=1, description="fewest words in a question")
     max_length: int = Field(9, ge=1, description="most words in a question")
@@ -209,7 +210,12 @@ class RunConfig(_Section):
     cpu_resources: ResourceRequest = Field(default_factory=ResourceRequest)
     retries: int = Field(2, ge=0, description="retries of the GPU stages")
     retry_backoff_s: int = Field(60, ge=0)
-    s3_secret: str = Field("memaudit-s3", description="Kubernetes Secret holding the S3 credentials")
+    s3_secret: str = Field("memaudit-s3", description="Secret with MEMAUDIT_S3_ACCESS_KEY and MEMAUDIT_S3_SECRET_KEY")
+    env_config_map: str = Field(
+        "memaudit-env", description="ConfigMap with MEMAUDIT_S3_ENDPOINT/BUCKET/SECURE and MLFLOW_TRACKING_URI"
+    )
+    hf_token_secret: str = Field("memaudit-hf", description="optional Secret with HF_TOKEN (gated models)")
+    service_account: str = Field("", description="Kubernetes service account of the run's pods ('' = KFP default)")
     experiment: str = Field("memaudit", description="MLflow experiment name")
 
 
@@ -280,7 +286,11 @@ _PAPER_COMMON: dict[str, Any] = {
     "lora": {"r": 8, "alpha": 16, "dropout": 0.5},
     "training": {"learning_rate": 2.5e-5, "warmup_steps": 5, "batch_size": 2, "grad_accum": 2, "epochs": 10},
     "shadows": {"n_shadows": 100, "target": 0, "scheme": "paper"},
-    "run": {"parallelism": 8, "gpu_node_selector": {"memaudit.io/pool": "gpu"}},
+    "run": {
+        "parallelism": 8,
+        "gpu_node_selector": {"memaudit.io/pool": "gpu"},
+        "gpu_tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
 }
 
 _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -468,3 +478,39 @@ def load_config(
     for assignment in overrides:
         data = apply_override(data, assignment)
     return config_from_dict(data, source=f"config file {path}" if path else "config")
+
+
+def config_from_parameters(
+    preset: str = "",
+    config_yaml: str = "",
+    overrides: str = "",
+    n_shadows: int = 0,
+    dataset: str = "",
+    model: str = "",
+) -> ExperimentConfig:
+    """The config of a pipeline run from its parameters (KFP UI fields; empty/0 = keep).
+
+    Order: preset, then the config text (YAML/JSON; its own ``preset:`` key is used when ``preset`` is empty),
+    then the ``key=value`` override lines, then ``n_shadows``, ``dataset`` (dataset.name) and ``model``
+    (model.name).
+    """
+    try:
+        file_data = yaml.safe_load(config_yaml) if config_yaml.strip() else {}
+    except yaml.YAMLError:
+        raise MemauditError("the config_yaml parameter is not valid YAML/JSON", "fix its syntax") from None
+    if not isinstance(file_data, dict):
+        raise MemauditError("the config_yaml parameter must hold a mapping", "write key: value pairs")
+    base_preset = preset or file_data.get("preset")
+    data = _deep_merge(preset_dict(base_preset) if base_preset else {}, file_data)
+    if preset:
+        data["preset"] = preset
+    lines = [line.strip() for line in overrides.replace(";", "\n").splitlines() if line.strip()]
+    if n_shadows:
+        lines.append(f"shadows.n_shadows={n_shadows}")
+    if dataset:
+        lines.append(f"dataset.name={dataset}")
+    if model:
+        lines.append(f"model.name={model}")
+    for assignment in lines:
+        data = apply_override(data, assignment)
+    return config_from_dict(data, source="pipeline parameters")

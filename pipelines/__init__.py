@@ -1,0 +1,1 @@
+"""The pipeline graph (audit.py) and its compiled, committed IR (compiled/audit.yaml)."""

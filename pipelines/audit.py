@@ -1,0 +1,136 @@
+"""The audit pipeline: prepare → split → ParallelFor(shadows){finetune → score} → aggregate → plot.
+
+The graph is built from a config at compile time: image tags, parallelism, GPU resources, node selector,
+tolerations, retries, the S3 credentials Secret and the ConfigMap with the service endpoints all come from its
+``run`` section (KFP fixes parallelism and pod settings in the compiled spec). What users change per run is a
+pipeline parameter: ``preset``, ``config_yaml`` (a config file's text), ``overrides`` (``key=value`` lines),
+``n_shadows``, ``dataset``, ``model`` and ``run_name``; the prepare task resolves them into one config that
+every later task receives as JSON.
+
+The shadow loop lives in a nested pipeline that takes the prepare outputs as its inputs: kfp 2.17's local
+runner replaces, inside a ParallelFor, any task-output parameter coming from outside the loop by the loop item.
+"""
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Dataset, Input, Model
+
+from memaudit.components import aggregate, finetune, plot, prepare, score, split
+from memaudit.config import ExperimentConfig
+
+PIPELINE_NAME = "memaudit-audit"
+S3_SECRET_KEYS = ("MEMAUDIT_S3_ACCESS_KEY", "MEMAUDIT_S3_SECRET_KEY")
+ENV_CONFIG_KEYS = ("MEMAUDIT_S3_ENDPOINT", "MEMAUDIT_S3_BUCKET", "MEMAUDIT_S3_SECURE", "MLFLOW_TRACKING_URI")
+
+
+def _common(task: dsl.PipelineTask, cfg: ExperimentConfig, name: str, *, gpu: bool) -> None:
+    """Resources, credentials and endpoints every task gets; GPU scheduling for the GPU stages."""
+    run = cfg.run
+    resources = run.gpu_resources if gpu else run.cpu_resources
+    task.set_display_name(name)
+    task.set_caching_options(enable_caching=False)  # the object store decides what to skip, not the KFP cache
+    task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
+    kubernetes.use_secret_as_env(task, run.s3_secret, {key: key for key in S3_SECRET_KEYS})
+    kubernetes.use_config_map_as_env(task, run.env_config_map, {key: key for key in ENV_CONFIG_KEYS}, optional=True)
+    if not gpu:
+        return
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    task.set_retry(num_retries=run.retries, backoff_duration=f"{run.retry_backoff_s}s", backoff_factor=2.0)
+    kubernetes.use_secret_as_env(task, run.hf_token_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
+    for key, value in run.gpu_node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for tol in run.gpu_tolerations:
+        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+
+
+def build_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", overrides: str = ""):
+    """The pipeline function for ``cfg``; ``config_yaml``/``overrides`` become the parameters' defaults."""
+    cpu, gpu = cfg.run.image_cpu, cfg.run.image_gpu
+    prepare_op, split_op = prepare.component(cpu), split.component(cpu)
+    finetune_op, score_op = finetune.component(gpu), score.component(gpu)
+    aggregate_op, plot_op = aggregate.component(cpu), plot.component(cpu)
+
+    @dsl.pipeline(name="memaudit-shadows", description="Fine-tune and score every shadow model.")
+    def shadows(
+        shadow_ids: list,
+        config_json: str,
+        parent_run_id: str,
+        pool: Input[Dataset],
+        member: Input[Dataset],
+        base_model: Input[Model],
+    ) -> list:
+        with dsl.ParallelFor(shadow_ids, parallelism=cfg.run.parallelism, name="shadow") as shadow:
+            train = finetune_op(
+                config_json=config_json,
+                shadow=shadow,
+                parent_run_id=parent_run_id,
+                pool=pool,
+                member=member,
+                base_model=base_model,
+            )
+            _common(train, cfg, "finetune", gpu=True)
+            scored = score_op(
+                config_json=config_json,
+                shadow=shadow,
+                pool=pool,
+                member=member,
+                base_model=base_model,
+                checkpoints=train.outputs["checkpoints"],
+            )
+            _common(scored, cfg, "score", gpu=True)
+        return dsl.Collected(scored.outputs["Output"])
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Which training samples did a fine-tuned LLM memorize (LiRA on shadow models), and does "
+        "P-SMI at an early checkpoint predict them? Dentan et al., arXiv 2409.18858.",
+    )
+    def audit(
+        preset: str = cfg.preset or "",
+        config_yaml: str = config_yaml,
+        overrides: str = overrides,
+        n_shadows: int = 0,
+        dataset: str = "",
+        model: str = "",
+        run_name: str = "",
+    ):
+        prep = prepare_op(
+            preset=preset,
+            config_yaml=config_yaml,
+            overrides=overrides,
+            n_shadows=n_shadows,
+            dataset=dataset,
+            model=model,
+            run_name=run_name,
+        )
+        _common(prep, cfg, "prepare", gpu=False)
+        kubernetes.use_secret_as_env(prep, cfg.run.hf_token_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
+        config_json = prep.outputs["config_json"]
+        parent_run_id = prep.outputs["parent_run_id"]
+        members = split_op(config_json=config_json, pool=prep.outputs["pool"])
+        _common(members, cfg, "split", gpu=False)
+        fan_out = shadows(
+            shadow_ids=prep.outputs["shadow_ids"],
+            config_json=config_json,
+            parent_run_id=parent_run_id,
+            pool=prep.outputs["pool"],
+            member=members.outputs["member"],
+            base_model=prep.outputs["base_model"],
+        )
+        fan_out.set_display_name("shadows")
+        agg = aggregate_op(
+            config_json=config_json,
+            parent_run_id=parent_run_id,
+            score_uris=fan_out.output,
+            pool=prep.outputs["pool"],
+        )
+        _common(agg, cfg, "aggregate", gpu=False)
+        report = plot_op(
+            config_json=config_json,
+            parent_run_id=parent_run_id,
+            aggregate_uri=agg.outputs["Output"],
+            samples=agg.outputs["samples"],
+            summary=agg.outputs["summary"],
+        )
+        _common(report, cfg, "plot", gpu=False)
+
+    return audit

@@ -1,0 +1,74 @@
+"""`memaudit submit` against a local server implementing the KFP v2beta1 REST calls it uses."""
+
+import pytest
+import yaml
+
+from memaudit.cli import main
+from memaudit.config import config_from_dict, load_config
+from tests.kfp_api import FakeKfpApi
+
+
+@pytest.fixture
+def api():
+    with FakeKfpApi() as server:
+        yield server
+
+
+def _posts(api, path):
+    return [p for m, p in api.requests if m == "POST" and p.split("?")[0] == path]
+
+
+def test_submit_uploads_pipeline_creates_experiment_and_starts_run(api, capsys):
+    main(["submit", "--host", api.url, "--preset", "demo", "--set", "shadows.n_shadows=6", "--experiment", "audits"])
+    out = capsys.readouterr().out
+    (run,) = api.runs.values()
+    assert run["run_id"] in out and "follow it at" in out
+    (experiment,) = api.experiments.values()
+    assert experiment["display_name"] == "audits" and run["experiment_id"] == experiment["experiment_id"]
+    params = run["runtime_config"]["parameters"]
+    sent = config_from_dict(yaml.safe_load(params["config_yaml"]))
+    expected = load_config(preset="demo", overrides=["shadows.n_shadows=6"])
+    assert sent == expected and sent.fingerprint() == expected.fingerprint()
+    assert params["preset"] == "demo"
+    version_id = run["pipeline_version_reference"]["pipeline_version_id"]
+    images = {e["container"]["image"] for e in api.packages[version_id]["deploymentSpec"]["executors"].values()}
+    assert images == {expected.run.image_cpu, expected.run.image_gpu}
+
+
+def test_same_config_reuses_the_version_and_a_changed_one_adds_one(api, capsys):
+    main(["submit", "--host", api.url, "--preset", "demo"])
+    main(["submit", "--host", api.url, "--preset", "demo"])
+    assert len(_posts(api, "/apis/v2beta1/pipelines/upload")) == 1
+    assert len(_posts(api, "/apis/v2beta1/pipelines/upload_version")) == 1
+    assert len(api.runs) == 2 and len(api.experiments) == 1
+    main(["submit", "--host", api.url, "--preset", "demo", "--set", "run.parallelism=7"])
+    assert len(_posts(api, "/apis/v2beta1/pipelines/upload_version")) == 2
+    (pipeline_id,) = api.pipelines
+    newest = api.versions[pipeline_id][-1]["pipeline_version_id"]
+    loops = [
+        t
+        for c in api.packages[newest]["components"].values()
+        for t in c.get("dag", {}).get("tasks", {}).values()
+        if "iteratorPolicy" in t
+    ]
+    assert loops[0]["iteratorPolicy"]["parallelismLimit"] == 7
+
+
+def test_unreachable_api_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["submit", "--host", "http://127.0.0.1:9", "--preset", "demo"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: cannot reach the Kubeflow Pipelines API at http://127.0.0.1:9") and err.count("\n") == 1
+    )
+
+
+def test_refusing_api_exits_2_naming_the_status(api, capsys):
+    api.refuse_with = 403
+    with pytest.raises(SystemExit) as info:
+        main(["submit", "--host", api.url, "--preset", "demo"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "refused the request (HTTP 403" in err and err.count("\n") == 1
+    assert not api.runs
