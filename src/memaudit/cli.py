@@ -92,6 +92,22 @@ def stage_aggregate(
     typer.echo(f"wrote {output}/summary.json, samples.parquet, roc.parquet, timeline.parquet")
 
 
+@stage_app.command("plot")
+def stage_plot(
+    aggregate_dir: Annotated[Path, typer.Option("--aggregate", "-a", help="output folder of memaudit stage aggregate")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for report.html and the figures")],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Figures and a self-contained HTML report from the aggregate stage's outputs (prints the paths)."""
+    from memaudit.report import render_report
+
+    cfg = resolve_config(preset, config, set_)
+    for path in render_report(cfg, aggregate_dir, output).values():
+        typer.echo(f"wrote {path}")
+
+
 def _config_inputs(config: Path | None, overrides: list[str] | None) -> tuple[str, str]:
     """The config file's text and the overrides as lines: the pipeline parameters' defaults."""
     text = config.read_text() if config and config.is_file() else ""
