@@ -68,6 +68,18 @@ def _config_inputs(config: Path | None, overrides: list[str] | None) -> tuple[st
     return (json.dumps(data) if data else ""), "; ".join(overrides or [])
 
 
+def _score_paths(scores: list[Path] | None, more: list[Path] | None, scores_list: Path | None) -> list[Path]:
+    paths = [*(scores or []), *(more or [])]
+    if scores_list is not None:
+        if not scores_list.is_file():
+            raise MemauditError(f"scores list {scores_list} not found", "pass a file with one score path per line")
+        lines = [line.strip() for line in scores_list.read_text().splitlines()]
+        paths += [Path(line) for line in lines if line and not line.startswith("#")]
+    if not paths:
+        raise MemauditError("no score files given", "pass --scores a.npz b.npz ... or --scores-list FILE")
+    return paths
+
+
 @app.command()
 def run(
     preset: PresetOpt = None,
@@ -88,6 +100,30 @@ def run(
     typer.echo(format_summary(summary))
     typer.echo(f"report: {report}")
     typer.echo(f"wall time {result.wall_s:.0f} s; task logs: {result.log}")
+
+    typer.echo(f"wrote {output}/summary.json, samples.parquet, roc.parquet, timeline.parquet")
+
+
+@stage_app.command("plot")
+def stage_plot(
+    aggregate_dir: Annotated[Path, typer.Option("--aggregate", "-a", help="output folder of memaudit stage aggregate")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for report.html and the figures")],
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Figures and a self-contained HTML report from the aggregate stage's outputs (prints the paths)."""
+    from memaudit.report import render_report
+
+    cfg = resolve_config(preset, config, set_)
+    for path in render_report(cfg, aggregate_dir, output).values():
+        typer.echo(f"wrote {path}")
+
+
+def _config_inputs(config: Path | None, overrides: list[str] | None) -> tuple[str, str]:
+    """The config file's text and the overrides as lines: the pipeline parameters' defaults."""
+    text = config.read_text() if config and config.is_file() else ""
+    return text, "\n".join(overrides or [])
 
 
 @app.command("compile")
