@@ -21,7 +21,7 @@ def emit(stage: str, event: str, *, shadow: int | None = None, **info: Any) -> N
     path = os.environ.get(PROGRESS_ENV)
     if not path:
         return
-    record = {"t": round(time.time(), 3), "stage": stage, "event": event, "shadow": shadow, **info}
+    record = {"t": round(time.time(), 3), "pid": os.getpid(), "stage": stage, "event": event, "shadow": shadow, **info}
     line = (json.dumps(record, default=str) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -150,7 +150,8 @@ def tiny_model_corpus(cfg: ExperimentConfig, pool) -> list[str]:
         from memaudit.synthetic import pretraining_corpus
 
         synth = cfg.dataset.synthetic
-        return pretraining_corpus(synth, n_texts=synth.n_samples, seed=synth.seed + 1)
+        n_texts = max(synth.n_samples, synth.n_categories * synth.words_per_category, synth.n_filler_words)
+        return pretraining_corpus(synth, n_texts=n_texts, seed=synth.seed + 1)
     return [p + opts[g] for p, opts, g in zip(pool["prompt"], pool["options"], pool["gold_index"], strict=True)]
 
 
@@ -221,7 +222,7 @@ def _prepare_base_model(cfg: ExperimentConfig, storage: RunStorage, pool, out: P
 
 def split_task(*, config_json: str, pool_path: str, member_path: str) -> dict[str, Any]:
     """Write the membership matrix (from the store when already drawn)."""
-    with _stage("split"):
+    with _stage("split") as outcome:
         cfg = _config(config_json)
         storage = _storage(cfg)
         store, layout = storage.store, storage.layout
@@ -229,6 +230,7 @@ def split_task(*, config_json: str, pool_path: str, member_path: str) -> dict[st
         if store.is_sealed(layout.member):
             store.get_file(layout.member, member_path)
             member = read_membership(member_path, n_samples=n_train)
+            outcome["event"] = "skipped"
         else:
             s = cfg.shadows
             member = membership_matrix(s.n_shadows, n_train, scheme=s.scheme, seed=s.seed)

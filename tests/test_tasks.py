@@ -1,0 +1,176 @@
+"""The pipeline's task bodies on a local store: outputs sealed, completed work skipped, killed work resumed."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from memaudit import tasks
+from memaudit.errors import MemauditError
+from memaudit.progress import read_events
+from memaudit.storage import LocalStore, RunStorage
+from tests.pipeline_config import small_config
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Point the tasks at a store, work dir, progress file and sqlite MLflow inside tmp_path."""
+    monkeypatch.setenv("MEMAUDIT_STORE_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("MEMAUDIT_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("MEMAUDIT_TORCH_THREADS", "1")
+    monkeypatch.setenv("MEMAUDIT_PROGRESS_FILE", str(tmp_path / "progress.jsonl"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MEMAUDIT_S3_ENDPOINT", raising=False)
+    torch.set_num_threads(1)
+    return tmp_path
+
+
+def _events(path: Path) -> list[dict]:
+    return read_events(path)[0]
+
+
+def _prepare(root: Path, cfg):
+    art = root / "artifacts"
+    art.mkdir(exist_ok=True)
+    result = tasks.prepare_task(
+        preset="", config_yaml=cfg.to_yaml(), overrides="", n_shadows=0, dataset="", model="", run_name="t",
+        pool_path=str(art / "pool.parquet"), base_model_path=str(art / "base_model"),
+    )  # fmt: skip
+    tasks.split_task(config_json=result.config_json, pool_path=str(art / "pool.parquet"), member_path=str(art / "m"))
+    return result, art
+
+
+def _finetune(result, art: Path, shadow: int):
+    return tasks.finetune_task(
+        config_json=result.config_json, shadow=shadow, parent_run_id=result.parent_run_id,
+        pool_path=str(art / "pool.parquet"), member_path=str(art / "m"), base_model_path=str(art / "base_model"),
+        manifest_path=str(art / f"ckpts-{shadow}.json"),
+    )  # fmt: skip
+
+
+def _score(result, art: Path, shadow: int):
+    return tasks.score_task(
+        config_json=result.config_json, shadow=shadow, pool_path=str(art / "pool.parquet"),
+        member_path=str(art / "m"), base_model_path=str(art / "base_model"),
+        checkpoints_manifest=str(art / f"ckpts-{shadow}.json"), manifest_path=str(art / f"scores-{shadow}.json"),
+    )  # fmt: skip
+
+
+def _final_adapter(root: Path, cfg, shadow: int, step: int) -> dict[str, torch.Tensor]:
+    storage = RunStorage(LocalStore(root / "store"), cfg.fingerprint())
+    out = storage.download_checkpoints(shadow, root / "check", [step])[step]
+    return load_file(out / "adapter_model.safetensors")
+
+
+def test_prepare_builds_once_then_reuses_the_stored_pool_and_model(env):
+    cfg = small_config()
+    first, art = _prepare(env, cfg)
+    assert first.fingerprint == cfg.fingerprint() and first.shadow_ids == [0, 1, 2]
+    assert (art / "base_model" / "config.json").is_file()
+    store = LocalStore(env / "store")
+    assert store.is_sealed(f"{cfg.fingerprint()}/pool.parquet") and store.is_complete(f"{cfg.fingerprint()}/base-model")
+    again, _ = _prepare(env, cfg)
+    events = [(e["stage"], e["event"]) for e in _events(env / "progress.jsonl") if e["event"] != "start"]
+    assert events == [("prepare", "done"), ("split", "done"), ("prepare", "skipped"), ("split", "skipped")]
+    assert again.parent_run_id != first.parent_run_id  # one MLflow parent per pipeline run
+
+
+def test_finetune_score_seal_the_shadow_and_a_rerun_skips(env, monkeypatch):
+    cfg = small_config()
+    result, art = _prepare(env, cfg)
+    ft = _finetune(result, art, 1)
+    sc = _score(result, art, 1)
+    storage = RunStorage(LocalStore(env / "store"), cfg.fingerprint())
+    assert storage.shadow_complete(1) and storage.store.verify_complete(storage.layout.shadow(1))
+    assert sc.uri.endswith(f"{cfg.fingerprint()}/shadows/1/scores.npz")
+    assert json.loads((art / "ckpts-1.json").read_text())["checkpoints"] == ft.metadata["checkpoints"]
+    assert not storage.store.list_keys(f"{storage.layout.shadow(1)}/resume")  # trainer state dropped once sealed
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a complete shadow was trained again")
+
+    monkeypatch.setattr("memaudit.train.finetune", must_not_train)
+    monkeypatch.setattr("memaudit.score.score_shadow", must_not_train)
+    _finetune(result, art, 1)
+    _score(result, art, 1)
+    last = [(e["stage"], e["event"]) for e in _events(env / "progress.jsonl")][-4:]
+    assert last == [("finetune", "start"), ("finetune", "skipped"), ("score", "start"), ("score", "skipped")]
+
+
+def test_killed_finetune_resumes_from_the_store_and_ends_identical(env, tmp_path_factory, monkeypatch):
+    cfg = small_config()
+    # reference: an uninterrupted run in its own store
+    ref_root = tmp_path_factory.mktemp("ref")
+    monkeypatch.setenv("MEMAUDIT_STORE_DIR", str(ref_root / "store"))
+    result, art = _prepare(ref_root, cfg)
+    ref = _finetune(result, art, 0)
+    final_step = ref.metadata["checkpoints"][-1]
+    reference = _final_adapter(ref_root, cfg, 0, final_step)
+
+    monkeypatch.setenv("MEMAUDIT_STORE_DIR", str(env / "store"))
+    result, art = _prepare(env, cfg)
+    real_upload = RunStorage.upload_checkpoint
+    calls = []
+
+    def dying_upload(self, shadow, step, adapter_dir):
+        if len(calls) == 3:
+            raise MemauditError("simulated kill after three checkpoints")
+        calls.append(step)
+        return real_upload(self, shadow, step, adapter_dir)
+
+    monkeypatch.setattr(RunStorage, "upload_checkpoint", dying_upload)
+    with pytest.raises(MemauditError, match="simulated kill"):
+        _finetune(result, art, 0)
+    storage = RunStorage(LocalStore(env / "store"), cfg.fingerprint())
+    assert storage.stored_checkpoints(0) == calls and len(calls) == 3
+    monkeypatch.setattr(RunStorage, "upload_checkpoint", real_upload)
+    _finetune(result, art, 0)
+    resumed = [e for e in _events(env / "progress.jsonl") if e.get("detail", "").startswith("resuming")]
+    assert resumed and resumed[-1]["detail"] == f"resuming after step {calls[-1]}"
+    got = _final_adapter(env, cfg, 0, final_step)
+    assert got.keys() == reference.keys()
+    for key in got:
+        assert torch.equal(got[key], reference[key]), key
+
+
+def test_corrupted_stored_checkpoint_is_refused_with_a_fix(env, monkeypatch):
+    cfg = small_config()
+    result, art = _prepare(env, cfg)
+    real_upload = RunStorage.upload_checkpoint
+
+    def die_after_two(self, shadow, step, adapter_dir):
+        if len(RunStorage(self.store, cfg.fingerprint()).stored_checkpoints(shadow)) == 2:
+            raise MemauditError("simulated kill")
+        return real_upload(self, shadow, step, adapter_dir)
+
+    monkeypatch.setattr(RunStorage, "upload_checkpoint", die_after_two)
+    with pytest.raises(MemauditError):
+        _finetune(result, art, 2)
+    monkeypatch.setattr(RunStorage, "upload_checkpoint", real_upload)
+    stored = sorted((env / "store").glob(f"{cfg.fingerprint()}/shadows/2/ckpt-*/adapter/adapter_model.safetensors"))
+    data = bytearray(stored[-1].read_bytes())
+    data[-1] ^= 0xFF
+    stored[-1].write_bytes(bytes(data))
+    with pytest.raises(MemauditError) as info:
+        _finetune(result, art, 2)
+    assert "ckpt-" in str(info.value) and "delete" in str(info.value)
+
+
+def test_headline_metrics_and_roc_for_the_kfp_ui(tmp_path):
+    from memaudit.aggregate import aggregate
+    from memaudit.synthetic_scores import write_synthetic_scores
+
+    written = write_synthetic_scores(tmp_path / "s", n_models=6, n_samples=200)
+    cfg = small_config("shadows.n_shadows=6")
+    aggregate(cfg, written.paths, written.pool, tmp_path / "agg", progress=False)
+    summary = json.loads((tmp_path / "agg" / "summary.json").read_text())
+    metrics = tasks._headline_metrics(summary)
+    assert metrics["share_memorized"] == pytest.approx(summary["share_memorized"])
+    best = f"psmi_L{summary['best_layer']['layer']}"
+    assert metrics[f"predictors.{best}.target.auc"] == pytest.approx(summary["predictors"][best]["target"]["auc"])
+    assert not any(k.endswith("tpr_at_fpr_1pct.std") for k in metrics)
+    fpr, tpr, thr = tasks._target_roc(tmp_path / "agg" / "roc.parquet", summary)
+    assert fpr[0] == 0.0 and tpr[-1] == 1.0 and np.isfinite(thr).all() and len(fpr) == len(tpr) == len(thr)
