@@ -26,14 +26,25 @@ def stage_prepare(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="local copy of the dataset in its upstream layout (no Hub)")
     ] = None,
+    base_model: Annotated[
+        Path | None,
+        typer.Option("--base-model", help="tiny-llama only: build (or reuse) the base model in this folder"),
+    ] = None,
 ) -> None:
     """Build the pool (sources, hold-out, templates, label noise) and write pool.parquet."""
     from memaudit.data import build_pool, pool_summary
     from memaudit.pool import write_pool
 
     cfg = resolve_config(preset, config, set_)
+    if base_model is not None and cfg.model.name != "tiny-llama":
+        raise MemauditError(f"--base-model builds tiny-llama only, not {cfg.model.name}", "drop --base-model")
     pool = build_pool(cfg, data_dir=data_dir)
     write_pool(pool, output)
+    if base_model is not None:
+        from memaudit.models import ensure_base_model, tiny_model_corpus
+
+        built = ensure_base_model(cfg.model, tiny_model_corpus(cfg, pool), base_model)
+        typer.echo(f"base model: {built} (pass it as --base-model to stage finetune and score)")
     summary = pool_summary(pool)
     options = ", ".join(f"{k}: {v}" for k, v in summary["options_per_sample"].items())
     typer.echo(f"wrote {output}: dataset {cfg.dataset.name}, {summary['n_train']} train + {summary['n_test']} test")

@@ -157,7 +157,7 @@ class ScoringConfig(_Section):
 class ShadowsConfig(_Section):
     """The shadow population (METHOD §2)."""
 
-    n_shadows: int = Field(100, ge=2)
+    n_shadows: int = Field(100, ge=3, description="models, the target included (LiRA needs >= 2 others)")
     target: int = Field(0, ge=0, description="the audited model among the shadows")
     scheme: Literal["paper", "balanced"] = "paper"
     seed: int = Field(0, description="seed of the 'balanced' scheme ('paper' seeds model s with s)")

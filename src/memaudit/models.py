@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from torch import nn
+from transformers.utils import logging as hf_logging
 
-from memaudit.config import LoraSettings, ModelConfig, TinyModelConfig
+from memaudit.config import ExperimentConfig, LoraSettings, ModelConfig, TinyModelConfig
 from memaudit.errors import MemauditError
 from memaudit.tokenization import build_word_tokenizer, left_pad
 
@@ -32,6 +33,8 @@ _TINY_FORMAT = 1  # bump when the builder changes what it produces
 _PRETRAIN_BATCH = 16
 _PRETRAIN_MAX_TOKENS = 256
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+hf_logging.disable_progress_bar()  # per-shard loading bars: memaudit shows its own progress per stage
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -374,3 +377,15 @@ def load_adapter_weights(peft_model, adapter_dir: str | Path, lora_cfg: LoraSett
 def lora_state(peft_model) -> dict[str, torch.Tensor]:
     """A CPU copy of the LoRA tensors (for tests and comparisons)."""
     return {k: v.detach().cpu().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
+
+
+def tiny_model_corpus(cfg: ExperimentConfig, pool) -> list[str]:
+    """Text the locally built tiny model is pre-trained on (and its tokenizer learns): fresh synthetic items
+    for the synthetic dataset; otherwise the pool's prompts with their true labels (vocabulary coverage)."""
+    if cfg.dataset.synthetic is not None:
+        from memaudit.synthetic import pretraining_corpus
+
+        synth = cfg.dataset.synthetic
+        n_texts = max(synth.n_samples, synth.n_categories * synth.words_per_category, synth.n_filler_words)
+        return pretraining_corpus(synth, n_texts=n_texts, seed=synth.seed + 1)
+    return [p + opts[g] for p, opts, g in zip(pool["prompt"], pool["options"], pool["gold_index"], strict=True)]

@@ -143,18 +143,6 @@ def _shadow_metrics(train_log: dict[str, Any]) -> dict[str, Any]:
     return {**out, **{k: v for k, v in curves.items() if v}}
 
 
-def tiny_model_corpus(cfg: ExperimentConfig, pool) -> list[str]:
-    """Text the locally built tiny model is pre-trained on (and its tokenizer learns): fresh synthetic items
-    for the synthetic dataset; otherwise the pool's prompts with their true labels (vocabulary coverage)."""
-    if cfg.dataset.synthetic is not None:
-        from memaudit.synthetic import pretraining_corpus
-
-        synth = cfg.dataset.synthetic
-        n_texts = max(synth.n_samples, synth.n_categories * synth.words_per_category, synth.n_filler_words)
-        return pretraining_corpus(synth, n_texts=n_texts, seed=synth.seed + 1)
-    return [p + opts[g] for p, opts, g in zip(pool["prompt"], pool["options"], pool["gold_index"], strict=True)]
-
-
 # ----------------------------------------------------------------------------------------------------- tasks
 
 
@@ -210,7 +198,7 @@ def _prepare_base_model(cfg: ExperimentConfig, storage: RunStorage, pool, out: P
     if store.is_complete(key):
         store.get_dir(key, out)
     else:
-        from memaudit.models import ensure_base_model
+        from memaudit.models import ensure_base_model, tiny_model_corpus
 
         with _work_dir("base-model") as cache:
             built = ensure_base_model(cfg.model, tiny_model_corpus(cfg, pool), cache)
