@@ -139,6 +139,27 @@ def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = Tru
     return LocalRun(output=output, log=log_path, wall_s=time.monotonic() - start, events=events)
 
 
+def stage_table(events: list[dict]) -> str:
+    """Per stage: tasks run and skipped, summed task time and the stage's span, from the progress events."""
+    started: dict[tuple, float] = {}
+    rows: dict[str, dict] = {}
+    for e in events:
+        key = (e["stage"], e.get("shadow"))
+        row = rows.setdefault(e["stage"], {"done": 0, "skipped": 0, "task_s": 0.0, "first": e["t"], "last": e["t"]})
+        if e["event"] == "start":
+            started[key] = e["t"]
+        elif e["event"] in ("done", "skipped") and key in started:
+            row[e["event"]] += 1
+            row["task_s"] += e["t"] - started.pop(key)
+            row["last"] = e["t"]
+    lines = [f"{'stage':<10}{'ran':>5}{'skipped':>9}{'task time':>11}{'span':>8}"]
+    for stage, row in rows.items():
+        lines.append(
+            f"{stage:<10}{row['done']:>5}{row['skipped']:>9}{row['task_s']:>10.1f}s{row['last'] - row['first']:>7.1f}s"
+        )
+    return "\n".join(lines)
+
+
 def collect_outputs(cfg: ExperimentConfig, output: str | Path) -> tuple[dict, Path]:
     """Copy the run's summary and report from the object store into ``output``; returns (summary, report path)."""
     import json

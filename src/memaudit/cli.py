@@ -67,12 +67,14 @@ def run(
     """Run the whole pipeline on this machine (kfp.local), then print the summary and the report's path."""
     cfg = resolve_config(preset, config, set_)
     from memaudit.aggregate import format_summary
-    from memaudit.pipelines.local import collect_outputs, run_local
+    from memaudit.pipelines.local import collect_outputs, run_local, stage_table
 
     output = output or Path("runs") / (cfg.preset or "custom")
     typer.echo(f"memaudit run: preset {cfg.preset or '-'}, fingerprint {cfg.fingerprint()}, output {output}")
     result = run_local(cfg, output, progress=progress)
     summary, report = collect_outputs(cfg, result.output)
+    typer.echo(stage_table(result.events))
+    typer.echo("")
     typer.echo(format_summary(summary))
     typer.echo(f"report: {report}")
     typer.echo(f"wall time {result.wall_s:.0f} s; task logs: {result.log}")
