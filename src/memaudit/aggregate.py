@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from memaudit.atomic import atomic_path, write_bytes
 from memaudit.config import ExperimentConfig
 from memaudit.errors import MemauditError
 from memaudit.metrics import (
@@ -221,17 +219,6 @@ def _timeline(cfg: ExperimentConfig, pop: dict[str, Any], others: np.ndarray, fl
     return pd.DataFrame(rows)
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
@@ -358,10 +345,13 @@ def aggregate(
     timeline = _timeline(cfg, pop, others, flags)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "samples.parquet", lambda p: samples.to_parquet(p, index=False))
-    _write_atomic(out / "roc.parquet", lambda p: curves.to_parquet(p, index=False))
-    _write_atomic(out / "timeline.parquet", lambda p: timeline.to_parquet(p, index=False))
-    _write_atomic(out / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
+    with atomic_path(out / "samples.parquet") as tmp:
+        samples.to_parquet(tmp, index=False)
+    with atomic_path(out / "roc.parquet") as tmp:
+        curves.to_parquet(tmp, index=False)
+    with atomic_path(out / "timeline.parquet") as tmp:
+        timeline.to_parquet(tmp, index=False)
+    write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
 

@@ -20,13 +20,12 @@ matrix and the score files index.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from memaudit.atomic import atomic_path
 from memaudit.errors import MemauditError
 
 POOL_COLUMNS: dict[str, str] = {
@@ -72,19 +71,11 @@ def validate_pool(df: pd.DataFrame, where: str = "pool") -> pd.DataFrame:
 def write_pool(df: pd.DataFrame, path: str | Path) -> Path:
     """Validate and write the pool atomically (temp file, then rename)."""
     df = validate_pool(df)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        out = df.copy()
-        out["options"] = out["options"].map(list)
+    out = df.copy()
+    out["options"] = out["options"].map(list)
+    with atomic_path(path) as tmp:
         out.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def read_pool(path: str | Path) -> pd.DataFrame:

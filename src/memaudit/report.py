@@ -16,8 +16,6 @@ import base64
 import html
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from memaudit.atomic import write_bytes
 from memaudit.config import ExperimentConfig
 from memaudit.errors import MemauditError
 
@@ -316,18 +315,6 @@ def build_html(cfg: ExperimentConfig, data: AggregateOutputs, figures: dict[str,
 # ---------------------------------------------------------------------------------------------------- the stage
 
 
-def _write_atomic(path: Path, content: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def render_report(cfg: ExperimentConfig, aggregate_dir: str | Path, output_dir: str | Path) -> dict[str, Path]:
     """Render every figure and ``report.html`` from the aggregate outputs; returns {"html": path, <figure>: path}."""
     from memaudit.figures import FIGURES, png_bytes
@@ -340,6 +327,6 @@ def render_report(cfg: ExperimentConfig, aggregate_dir: str | Path, output_dir: 
     paths = {"html": out / "report.html"}
     for name, (png, _) in rendered.items():
         paths[name] = out / f"{name}.png"
-        _write_atomic(paths[name], png)
-    _write_atomic(paths["html"], page)
+        write_bytes(paths[name], png)
+    write_bytes(paths["html"], page)
     return paths

@@ -21,13 +21,12 @@ held-out test rows ``test_global_index`` int64 [T], ``test_label_index`` int64 [
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from memaudit.atomic import atomic_path
 from memaudit.errors import MemauditError
 
 REQUIRED: dict[str, np.dtype] = {
@@ -105,17 +104,9 @@ def validate_scores(arrays: dict[str, np.ndarray], where: str = "score file") ->
 def write_scores(path: str | Path, **arrays: np.ndarray) -> Path:
     """Validate and write a score file atomically (temp file, then rename)."""
     arrays = validate_scores(arrays)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return Path(path)
 
 
 def read_scores(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

@@ -6,12 +6,11 @@ The matrix is stored as a ``.npy`` file (bool, C order) written atomically.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from memaudit.atomic import atomic_path
 from memaudit.errors import MemauditError
 
 SCHEMES = ("paper", "balanced")
@@ -78,17 +77,9 @@ def write_membership(matrix: np.ndarray, path: str | Path) -> Path:
             f"membership must be a 2-D bool array (got {matrix.dtype} with shape {matrix.shape})",
             "build it with memaudit.splits.membership_matrix",
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(matrix), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(matrix), allow_pickle=False)
+    return Path(path)
 
 
 def read_membership(path: str | Path, n_samples: int | None = None) -> np.ndarray:
