@@ -75,7 +75,7 @@ def test_fingerprint_ignores_paths_parallelism_and_logging(override):
     [
         "training.learning_rate=1e-4",
         "dataset.label_noise=0.1",
-        "model.layers=[1,2]",
+        "model.layers=[2]",
         "lora.dropout=0.1",
         "shadows.n_shadows=8",
         "scoring.psmi_directions=100",

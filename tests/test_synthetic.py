@@ -92,7 +92,12 @@ def test_pretraining_corpus_is_fresh_deterministic_and_covers_every_prompt_word(
     cfg = SyntheticConfig()
     corpus = pretraining_corpus(cfg, 300, seed=0)
     assert corpus == pretraining_corpus(cfg, 300, seed=0) and corpus != pretraining_corpus(cfg, 300, seed=1)
-    assert len(corpus) == 300 and all(text.endswith("\n\n" + text[-1]) and text[-1] in "ABCD" for text in corpus)
+    answers = [text.rsplit("\n\n", 1)[1] for text in corpus]
+    assert len(corpus) == 300 and set(answers) == set(CATEGORY_NAMES[: cfg.n_categories])  # answered with the text
+    labelled = pretraining_corpus(cfg.model_copy(update={"corpus_answer": "label"}), 300, seed=0)
+    for text, other, answer in zip(corpus, labelled, answers, strict=True):  # same items, answered with the letter
+        letter = other.rsplit("\n\n", 1)[1]
+        assert other.removesuffix(letter) == text.removesuffix(answer) and f"- {letter}: {answer}" in text
     pool = build_pool(load_config(preset="demo"), progress=False)
     pool_questions = set(generate_items(cfg).text)
     corpus_lines = {line.removeprefix("Question: ").removeprefix("Q: ") for text in corpus for line in text.split("\n")}

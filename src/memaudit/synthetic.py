@@ -159,10 +159,14 @@ def generate_items(cfg: SyntheticConfig) -> pd.DataFrame:
 
 
 def pretraining_corpus(cfg: SyntheticConfig, n_texts: int, seed: int) -> list[str]:
-    """``n_texts`` full texts (prompt + gold label) of fresh items, from a stream disjoint from the pool's.
+    """``n_texts`` full texts (prompt + gold answer) of fresh items, from a stream disjoint from the pool's.
 
     For pre-training the tiny demo model and training its word tokenizer: the first texts cycle through every
-    template, keyword and filler word, so the vocabulary covers every word a pool prompt can contain.
+    template, keyword and filler word, so the vocabulary covers every word a pool prompt can contain. The answer
+    is the gold option's label (``cfg.corpus_answer == "label"``: the model then already answers in the pool's
+    format at checkpoint 0) or its text, the category name (``"text"``: the model knows the categories but not
+    the answer-letter format, like the paper's pre-trained LLMs, whose checkpoint-0 answer loss is 4–6;
+    fine-tuning learns the format within the first epoch, which is what the c_pred rule detects).
     """
     world = _world(cfg)
     n_keywords = cfg.n_categories * cfg.words_per_category
@@ -179,5 +183,6 @@ def pretraining_corpus(cfg: SyntheticConfig, n_texts: int, seed: int) -> list[st
         force_filler = i if i < len(world.fillers) else None
         item = _item(rng, world, cfg, force_keyword, force_filler)
         prompt = format_mcq(item["text"], item["option_labels"], item["option_texts"], i % len(MCQ_TEMPLATES))
-        texts.append(prompt + item["option_labels"][item["gold_index"]])
+        answers = item["option_labels"] if cfg.corpus_answer == "label" else item["option_texts"]
+        texts.append(prompt + answers[item["gold_index"]])
     return texts
