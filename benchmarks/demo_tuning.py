@@ -15,11 +15,11 @@ layer at that checkpoint) and of the loss (from ``timeline.parquet``).
     .venv/bin/python benchmarks/demo_tuning.py --only 1 --workers 1 --set lora.r=4   # one shadow, no aggregate
     .venv/bin/python benchmarks/demo_tuning.py --fresh --cache /tmp/fresh --json runs/tuning/result.json
 
-The tiny base model is pre-trained (on one thread too) on ``synthetic.pretraining_corpus(dataset.synthetic,
---corpus-texts, seed=model.tiny.seed)`` and cached under ``--cache`` by the digest of its settings and corpus, so
-runs that only change the fine-tuning reuse it (use a new ``--cache`` folder to time the pre-training). Work files
-go to ``--workdir`` (default ``runs/tuning/<fingerprint>-corpus<N>``); finished shadows are reused from there
-(their times then read ~0) unless ``--fresh``.
+The tiny base model is pre-trained (on one thread too) on ``models.tiny_model_corpus`` (the prepare task's
+corpus; its size is ``model.tiny.pretrain_texts``) and cached under ``--cache`` by the digest of its settings and
+corpus, so runs that only change the fine-tuning reuse it (use a new ``--cache`` folder to time the
+pre-training). Work files go to ``--workdir`` (default ``runs/tuning/<fingerprint>``); finished shadows are
+reused from there (their times then read ~0) unless ``--fresh``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-DEFAULT_CORPUS_TEXTS = 2000
 
 
 def _quiet_one_thread() -> None:
@@ -78,16 +76,15 @@ def _shadow_job(config: dict, pool_path: str, member_path: str, shadow: int, bas
     }
 
 
-def run(cfg, workdir: Path, cache: Path, corpus_texts: int, workers: int, only: int | None = None) -> dict[str, Any]:
+def run(cfg, workdir: Path, cache: Path, workers: int, only: int | None = None) -> dict[str, Any]:
     """All stages for ``cfg``; returns the summary, the stage times and the per-shadow results. With ``only``,
     just the first ``only`` shadows are trained and scored and there is no aggregate (a quick look at training)."""
     from memaudit.aggregate import aggregate
     from memaudit.data import build_pool, pool_summary
     from memaudit.errors import MemauditError
-    from memaudit.models import ensure_base_model
+    from memaudit.models import ensure_base_model, tiny_model_corpus
     from memaudit.pool import train_pool, write_pool
     from memaudit.splits import membership_matrix, write_membership
-    from memaudit.synthetic import pretraining_corpus
 
     times: dict[str, float] = {}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -107,8 +104,7 @@ def run(cfg, workdir: Path, cache: Path, corpus_texts: int, workers: int, only: 
     times["split"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    corpus = pretraining_corpus(cfg.dataset.synthetic, corpus_texts, seed=cfg.model.tiny.seed)
-    base = ensure_base_model(cfg.model, corpus, cache)
+    base = ensure_base_model(cfg.model, tiny_model_corpus(cfg, pool), cache)
     times["base_model"] = time.perf_counter() - t0
     built = json.loads((base / "MEMAUDIT_BUILT").read_text())
     print(f"base model {base.name}: pre-training loss {built.get('pretrain_loss')}", flush=True)
@@ -289,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override, e.g. lora.r=4")
     parser.add_argument("--workdir", type=Path, default=None, help="default runs/tuning/<fingerprint>")
     parser.add_argument("--cache", type=Path, default=Path("runs/tuning/base-models"), help="tiny base models")
-    parser.add_argument("--corpus-texts", type=int, default=DEFAULT_CORPUS_TEXTS, help="pre-training corpus size")
     parser.add_argument("--workers", type=int, default=2, help="shadows trained at once (one thread each)")
     parser.add_argument("--only", type=int, default=None, help="train and score only the first N shadows")
     parser.add_argument("--fresh", action="store_true", help="delete the workdir first (recompute every shadow)")
@@ -303,11 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dataset.name != "synthetic" or cfg.model.name != "tiny-llama":
         print("this script runs the synthetic dataset on the tiny model only", file=sys.stderr)
         return 2
-    workdir = args.workdir or Path("runs/tuning") / f"{cfg.fingerprint()}-corpus{args.corpus_texts}"
+    workdir = args.workdir or Path("runs/tuning") / cfg.fingerprint()
     if args.fresh:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"config {cfg.fingerprint()} ({args.preset} {' '.join(args.overrides)}) -> {workdir}", flush=True)
-    out = run(cfg, workdir, args.cache, args.corpus_texts, args.workers, args.only)
+    out = run(cfg, workdir, args.cache, args.workers, args.only)
     head = headline(out["summary"]) if out["summary"] is not None else None
     diag = diagnostics(cfg, workdir, out["pool"])
     if head is not None:

@@ -171,7 +171,8 @@ def test_parent_children_summary(uri, tmp_path, monkeypatch, request):
     run = client.get_run(parent)
     assert run.info.status == "RUNNING" and run.info.run_name == f"demo-{cfg.fingerprint()[:8]}"
     assert client.get_experiment(run.info.experiment_id).name == cfg.run.experiment
-    assert run.data.params["training.epochs"] == "8" and run.data.params["fingerprint"] == cfg.fingerprint()
+    assert run.data.params["training.epochs"] == str(cfg.training.epochs)
+    assert run.data.params["fingerprint"] == cfg.fingerprint()
     assert {k: run.data.tags[k] for k in ("dataset", "model", "preset", "memaudit.fingerprint")} == {
         "dataset": "synthetic",
         "model": "tiny-llama",

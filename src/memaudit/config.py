@@ -88,6 +88,7 @@ class TinyModelConfig(_Section):
     num_hidden_layers: int = Field(2, gt=0)
     num_attention_heads: int = Field(4, gt=0)
     pretrain_steps: int = Field(2000, ge=0, description="causal-LM steps on held-apart synthetic text")
+    pretrain_texts: int = Field(2000, gt=0, description="synthetic texts in the pre-training corpus")
     pretrain_lr: float = Field(3e-3, gt=0)
     seed: int = 0
 

@@ -381,11 +381,12 @@ def lora_state(peft_model) -> dict[str, torch.Tensor]:
 
 def tiny_model_corpus(cfg: ExperimentConfig, pool) -> list[str]:
     """Text the locally built tiny model is pre-trained on (and its tokenizer learns): fresh synthetic items
-    for the synthetic dataset; otherwise the pool's prompts with their true labels (vocabulary coverage)."""
+    (``model.tiny.pretrain_texts`` of them, from a stream disjoint from the pool's) for the synthetic dataset;
+    otherwise the pool's prompts with their true labels (vocabulary coverage)."""
     if cfg.dataset.synthetic is not None:
         from memaudit.synthetic import pretraining_corpus
 
-        synth = cfg.dataset.synthetic
-        n_texts = max(synth.n_samples, synth.n_categories * synth.words_per_category, synth.n_filler_words)
-        return pretraining_corpus(synth, n_texts=n_texts, seed=synth.seed + 1)
+        return pretraining_corpus(
+            cfg.dataset.synthetic, n_texts=cfg.model.tiny.pretrain_texts, seed=cfg.model.tiny.seed
+        )
     return [p + opts[g] for p, opts, g in zip(pool["prompt"], pool["options"], pool["gold_index"], strict=True)]

@@ -200,6 +200,7 @@ def _prepare_base_model(cfg: ExperimentConfig, storage: RunStorage, pool, out: P
     else:
         from memaudit.models import ensure_base_model, tiny_model_corpus
 
+        _set_threads()  # one thread per process is several times faster for a model this small
         with _work_dir("base-model") as cache:
             built = ensure_base_model(cfg.model, tiny_model_corpus(cfg, pool), cache)
             store.put_dir(key, built)
