@@ -48,16 +48,31 @@ def _environment(values: dict[str, str]):
 
 
 class _Bars:
-    """One bar per stage: prepare, split, finetune (S), score (S), aggregate, plot."""
+    """One bar per stage (prepare, split, finetune ×S, score ×S, aggregate, plot) on a terminal; elsewhere (CI
+    logs, pipes) one line per finished task."""
 
     def __init__(self, n_shadows: int, stream: TextIO, enabled: bool):
         totals = {"prepare": 1, "split": 1, "finetune": n_shadows, "score": n_shadows, "aggregate": 1, "plot": 1}
-        self.bars = {
-            stage: tqdm(total=total, desc=f"{stage:<9}", position=i, file=stream, disable=not enabled, leave=True)
-            for i, (stage, total) in enumerate(totals.items())
-        }
+        self.stream, self.enabled = stream, enabled
+        self.lines = enabled and not (hasattr(stream, "isatty") and stream.isatty())
+        self.bars = (
+            {
+                stage: tqdm(total=total, desc=f"{stage:<9}", position=i, file=stream, leave=True)
+                for i, (stage, total) in enumerate(totals.items())
+            }
+            if enabled and not self.lines
+            else {}
+        )
+        self.started: dict[tuple, float] = {}
 
     def update(self, event: dict) -> None:
+        key = (event["stage"], event.get("shadow"))
+        if event["event"] == "start":
+            self.started[key] = event["t"]
+        if self.lines and event["event"] in ("done", "skipped", "error"):
+            who = event["stage"] + (f" shadow {event['shadow']}" if event.get("shadow") is not None else "")
+            took = event["t"] - self.started.get(key, event["t"])
+            print(f"{who}: {event['event']} ({took:.1f} s)", file=self.stream, flush=True)
         bar = self.bars.get(event["stage"])
         if bar is None:
             return
