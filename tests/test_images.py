@@ -247,7 +247,8 @@ def test_build_script_dry_run_needs_no_engine(tmp_path):
 
 
 def test_make_images_runs_the_build_script():
-    proc = subprocess.run(["make", "-n", "images"], cwd=ROOT, capture_output=True, text=True)
+    # --no-print-directory: under `make test` this make is nested and would print "Entering directory" lines
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "images"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "bash images/build.sh" in proc.stdout.splitlines()[-1]
 
