@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +156,8 @@ def _read_population(cfg: ExperimentConfig, paths: list[Path], progress: bool) -
         "stored": np.zeros((n_models, n_stored, n), dtype=np.float32),
     }
     rows = [c_pred, target["checkpoints"].shape[0] - 1]
-    for row, k in enumerate(tqdm(order, desc="score files", disable=not progress)):
+
+    def load(row: int, k: int) -> None:  # fills row `row` of the population arrays from file k
         if row == 0:
             arrays = {key: value[rows] if key in PER_CHECKPOINT else value for key, value in target.items()}
         else:
@@ -165,26 +168,36 @@ def _read_population(cfg: ExperimentConfig, paths: list[Path], progress: bool) -
         pop["early_gap"][row], pop["final_gap"][row] = gaps
         pop["member"][row] = arrays["member"]
         pop["stored"][row] = _stored_values(arrays, 0, with_maha)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # file reads and numpy release the GIL
+        jobs = [pool.submit(load, row, k) for row, k in enumerate(order)]
+        for job in tqdm(jobs, desc="score files", disable=not progress):
+            job.result()
     return pop
 
 
 def _per_model(cfg: ExperimentConfig, pop: dict[str, Any], loo: np.ndarray, early: np.ndarray) -> dict[str, Any]:
-    """Mean ± std over all models (each as the target) of every predictor's numbers."""
+    """Mean ± std over all models (each as the target) of every predictor's numbers (models on parallel threads:
+    the work is numpy sorting, which releases the GIL)."""
     layers = pop["target"]["layers"]
     names = _predictor_names(layers, pop["with_mahalanobis"])
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    for m in range(loo.shape[0]):
+
+    def one_model(m: int) -> list[dict[str, float] | None]:
         members = pop["member"][m]
         flags = _memorized_flags(cfg, loo[m, members])
         scores = _predictor_values(
             pop["stored"][m][:, members], pop["early_gap"][m, members], early[m, members], len(layers)
         )
-        for name, values in zip(names, scores, strict=True):
-            numbers = _evaluate_or_none(flags, _sign(name) * values, cfg.evaluation.tpr_target)
-            if numbers is not None:
-                results[name].append(numbers)
+        return [
+            _evaluate_or_none(flags, _sign(name) * values, cfg.evaluation.tpr_target)
+            for name, values in zip(names, scores, strict=True)
+        ]
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        per_model = list(pool.map(one_model, range(loo.shape[0])))
     out: dict[str, Any] = {}
-    for name, rows in results.items():
+    for i, name in enumerate(names):
+        rows = [numbers[i] for numbers in per_model if numbers[i] is not None]
         out[name] = {"n_models": len(rows)}
         for key in ("fpr_at_tpr", "auc", "tpr_at_fpr_1pct", "tpr_at_fpr_0.1pct"):
             values = np.array([r[key] for r in rows])
@@ -275,8 +288,10 @@ def aggregate(
     kwargs, ev = _lira_kwargs(cfg), cfg.evaluation
     final, member, others = pop["final_gap"], pop["member"], np.arange(1, len(paths))
     target_lira = lira(final[0], final[others], member[others], **kwargs)
-    loo = lira_loo(final, member, **kwargs)
-    early = lira_loo(final, member, target_stats=pop["early_gap"], **kwargs)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # every model as the target, at the final checkpoint and c_pred
+        loo_job = pool.submit(lira_loo, final, member, **kwargs)
+        early_job = pool.submit(lira_loo, final, member, target_stats=pop["early_gap"], **kwargs)
+        loo, early = loo_job.result(), early_job.result()
     members = t["member"]
     flags = _memorized_flags(cfg, target_lira[members])
     if flags.all() or not flags.any():
