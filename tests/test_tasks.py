@@ -174,3 +174,11 @@ def test_headline_metrics_and_roc_for_the_kfp_ui(tmp_path):
     assert not any(k.endswith("tpr_at_fpr_1pct.std") for k in metrics)
     fpr, tpr, thr = tasks._target_roc(tmp_path / "agg" / "roc.parquet", summary)
     assert fpr[0] == 0.0 and tpr[-1] == 1.0 and np.isfinite(thr).all() and len(fpr) == len(tpr) == len(thr)
+
+
+def test_a_cluster_pod_without_object_store_is_refused(env, monkeypatch):
+    monkeypatch.delenv("MEMAUDIT_STORE_DIR")
+    monkeypatch.setenv("KFP_POD_NAME", "audit-xyz-finetune")
+    cfg = small_config()
+    with pytest.raises(MemauditError, match="no object store"):
+        tasks.split_task(config_json=json.dumps(cfg.to_dict()), pool_path="p", member_path="m")

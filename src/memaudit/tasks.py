@@ -63,8 +63,14 @@ class AggregateResult:
 
 
 def _storage(cfg: ExperimentConfig) -> RunStorage:
-    root = os.environ.get(STORE_DIR_ENV) or str(Path("memaudit-store").resolve())
-    return RunStorage(store_from_env(root), cfg.fingerprint())
+    root = os.environ.get(STORE_DIR_ENV)
+    if not root and not os.environ.get("MEMAUDIT_S3_ENDPOINT") and os.environ.get("KFP_POD_NAME"):
+        # in a cluster pod a local folder is lost with the pod, and each task would see an empty store
+        raise MemauditError(
+            "this pipeline pod has no object store (MEMAUDIT_S3_ENDPOINT is unset)",
+            "install the chart (ConfigMap run.env_config_map) or point run.env_config_map at one with the S3 endpoint",
+        )
+    return RunStorage(store_from_env(root or str(Path("memaudit-store").resolve())), cfg.fingerprint())
 
 
 def _tracking_uri() -> str:
