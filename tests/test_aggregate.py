@@ -65,6 +65,11 @@ def test_target_lira_and_predictors_match_a_direct_computation(population, resul
     np.testing.assert_allclose(samples["early_lira"], early, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(samples["psmi_L3"], target["psmi"][c, 1], rtol=1e-6)
     np.testing.assert_allclose(samples["loss"], target["loss"][c], rtol=1e-6)
+    slope = (target["psmi"][c, 1].astype(np.float64) - target["psmi"][0, 1])[target["member"]]
+    np.testing.assert_allclose(samples["psmi_slope_L3"].to_numpy()[target["member"]], slope, rtol=1e-12)
+    assert samples["psmi_slope_L3"][~target["member"]].isna().all()
+    if "psmi_std" in target:
+        np.testing.assert_allclose(samples["psmi_std_L3"], target["psmi_std"][c, 1], rtol=1e-6)
 
     members, flags = samples["member"].to_numpy(), samples["memorized"].to_numpy()
     psmi_fpr = fpr_at_tpr(flags[members], -samples["psmi_L3"].to_numpy()[members])

@@ -18,7 +18,8 @@ Files are read one at a time, the target's whole and only the c_pred and final c
 values at c_pred (float32), plus the target's arrays: about 4·S·N·(2L + 7) bytes.
 
 Outputs in ``output_dir``: ``samples.parquet`` (one row per train-pool sample: raw predictor values at c_pred,
-not sign-flipped), ``summary.json``, ``roc.parquet`` (target, c_pred) and ``timeline.parquet`` (target,
+not sign-flipped, plus the target's P-SMI slope against checkpoint 0 and P-SMI std over directions per layer),
+``summary.json``, ``roc.parquet`` (target, c_pred) and ``timeline.parquet`` (target,
 every checkpoint), each written atomically.
 """
 
@@ -48,6 +49,7 @@ from memaudit.metrics import (
     memorized,
     off_the_shelf,
     prediction_checkpoint,
+    psmi_slope,
     roc,
 )
 from memaudit.pool import train_pool, validate_pool
@@ -138,7 +140,7 @@ def _read_population(cfg: ExperimentConfig, paths: list[Path], progress: bool) -
             "pass the target's score file or set shadows.target",
         )
     order = sorted(range(len(paths)), key=lambda k: (ids[k] != cfg.shadows.target, ids[k]))
-    target = read_scores(paths[order[0]], keys=("mahalanobis", "test_loss"))
+    target = read_scores(paths[order[0]], keys=("mahalanobis", "psmi_std", "test_loss"))
     c_pred, how, medians = _choose_c_pred(cfg, target)
     with_maha = "mahalanobis" in target
     n_models, n = len(paths), target["global_index"].shape[0]
@@ -310,6 +312,11 @@ def aggregate(
     samples["member"], samples["lira"], samples["memorized"] = members, target_lira, mem_all
     for name, v in zip(names, values, strict=True):
         samples[name] = v
+    slope = psmi_slope(t["psmi"][[0, pop["c_pred"]]])[1]  # P-SMI(c_pred) − P-SMI(checkpoint 0), members only
+    for i, layer in enumerate(t["layers"]):
+        samples[f"psmi_slope_L{layer}"] = slope[i]
+        if "psmi_std" in t:
+            samples[f"psmi_std_L{layer}"] = t["psmi_std"][pop["c_pred"], i]
     samples["counterfactual"] = counterfactual_memorization(final, member)
     samples["asr"] = attack_success_rate(final, member, global_variance=ev.lira_mode == "global")
 
