@@ -106,6 +106,7 @@ def test_summary_samples_and_report_are_sane(first_run):
     kfp_samples = next((out / "kfp").rglob("aggregate/samples"))
     samples = pd.read_parquet(kfp_samples)
     assert len(samples) == summary["n_samples"] and samples["global_index"].is_unique
+    assert samples.loc[samples["member"], ["psmi_std_L1", "psmi_slope_L2"]].notna().all().all()
     assert "psmi_L1" in stdout and f"report: {out / 'report' / 'report.html'}" in stdout
 
 
