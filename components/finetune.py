@@ -14,7 +14,7 @@ def finetune(
     checkpoints: Output[Model],
 ) -> str:
     """Train shadow ``shadow`` (skipped when its checkpoints are complete); returns their store URI."""
-    from memaudit.tasks import finetune_task
+    from memaudit.shadow_tasks import finetune_task
 
     result = finetune_task(
         config_json=config_json,

@@ -14,7 +14,7 @@ def score(
     scores: Output[Dataset],
 ) -> str:
     """Write the shadow's score file (skipped when complete in the store); returns its store URI."""
-    from memaudit.tasks import score_task
+    from memaudit.shadow_tasks import score_task
 
     result = score_task(
         config_json=config_json,

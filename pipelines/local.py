@@ -22,7 +22,7 @@ from memaudit.config import ExperimentConfig
 from memaudit.errors import MemauditError
 from memaudit.pipelines.audit import build_pipeline
 from memaudit.progress import PROGRESS_ENV, read_events
-from memaudit.tasks import STORE_DIR_ENV, THREADS_ENV, WORK_DIR_ENV
+from memaudit.task_env import STORE_DIR_ENV, THREADS_ENV, WORK_DIR_ENV
 
 
 @dataclass

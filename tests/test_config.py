@@ -4,14 +4,12 @@ import pytest
 
 from memaudit.cli import main
 from memaudit.config import (
-    LORA_TARGETS,
-    PAPER_LAYERS_32,
-    PAPER_LAYERS_GEMMA,
     config_from_parameters,
     load_config,
     preset_names,
 )
 from memaudit.errors import MemauditError
+from memaudit.presets import LORA_TARGETS, PAPER_LAYERS_32, PAPER_LAYERS_GEMMA
 
 PAPER = ["arc-mistral", "ethics-mistral", "mmlu-mistral", "mmlu-llama", "mmlu-gemma"]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memaudit import tasks
+from memaudit import shadow_tasks, tasks
 from memaudit.errors import MemauditError
 from memaudit.progress import read_events
 from memaudit.storage import LocalStore, RunStorage
@@ -44,7 +44,7 @@ def _prepare(root: Path, cfg):
 
 
 def _finetune(result, art: Path, shadow: int):
-    return tasks.finetune_task(
+    return shadow_tasks.finetune_task(
         config_json=result.config_json, shadow=shadow, parent_run_id=result.parent_run_id,
         pool_path=str(art / "pool.parquet"), member_path=str(art / "m"), base_model_path=str(art / "base_model"),
         manifest_path=str(art / f"ckpts-{shadow}.json"),
@@ -52,7 +52,7 @@ def _finetune(result, art: Path, shadow: int):
 
 
 def _score(result, art: Path, shadow: int):
-    return tasks.score_task(
+    return shadow_tasks.score_task(
         config_json=result.config_json, shadow=shadow, pool_path=str(art / "pool.parquet"),
         member_path=str(art / "m"), base_model_path=str(art / "base_model"),
         checkpoints_manifest=str(art / f"ckpts-{shadow}.json"), manifest_path=str(art / f"scores-{shadow}.json"),
