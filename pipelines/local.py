@@ -19,6 +19,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from memaudit.config import ExperimentConfig
+from memaudit.environment import scoped_env
 from memaudit.errors import MemauditError
 from memaudit.pipelines.audit import build_pipeline
 from memaudit.progress import PROGRESS_ENV, read_events
@@ -31,20 +32,6 @@ class LocalRun:
     log: Path
     wall_s: float
     events: list[dict] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]):
-    old = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class _Bars:
@@ -123,7 +110,7 @@ def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = Tru
     events: list[dict] = []
     offset = 0
     with (
-        _environment(env),
+        scoped_env(env),
         open(log_path, "a") as log,
         contextlib.redirect_stdout(log),
         warnings.catch_warnings(),

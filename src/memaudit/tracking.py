@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 from memaudit import __version__
 from memaudit.config import ExperimentConfig
+from memaudit.environment import scoped_env
 from memaudit.errors import MemauditError
 from memaudit.redact import looks_secret, redact_url, secret_env_values
 
@@ -156,22 +157,6 @@ def _curve_points(key: str, curve: Any) -> list[tuple[int, float]]:
 # ----------------------------------------------------------------------------------------- client handling
 
 
-@contextlib.contextmanager
-def _scoped_env(values: Mapping[str, str], *, force: bool) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    for key, value in values.items():
-        if force or key not in os.environ:
-            os.environ[key] = value
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _short(exc: BaseException) -> str:
     text = redact_url(" ".join(str(exc).split()))
     for hint in ("Connection refused", "timed out", "Name or service not known", "No route to host", "Unauthorized"):
@@ -207,12 +192,12 @@ def _client(uri: str) -> Iterator[Any]:
             ) from None
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if uri.startswith(("http://", "https://")):
-        with _scoped_env(PROBE_ENV, force=True):
+        with scoped_env(PROBE_ENV, force=True):
             try:
                 client.search_experiments(max_results=1)
             except Exception as exc:
                 raise MemauditError(f"cannot reach MLflow at {safe} ({_short(exc)})", TRACKING_FIX) from None
-    with _scoped_env(CALL_ENV, force=False):
+    with scoped_env(CALL_ENV, force=False):
         try:
             yield client
         except MemauditError:
