@@ -2,6 +2,8 @@
 find or create the experiment, start the run with the resolved config as its ``config_yaml`` parameter."""
 
 import hashlib
+import json
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -22,8 +24,32 @@ class Submission:
     experiment_id: str
 
 
+BACKEND_FLOOR = (2, 16)  # named-ParallelFor Collected fixed in 2.16 (#13239); 2.17 recommended (#11979)
+RECOMMENDED_BACKEND = "2.17.0"
+
+
+def _backend_version(tag: str) -> tuple[int, int] | None:
+    """(major, minor) of a healthz ``tag_name`` such as ``2.17.0`` or ``v2.16.1-rc.1``; None for dev builds."""
+    match = re.match(r"v?(\d+)\.(\d+)", tag or "")
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def _refused(host: str, code: int, body: str) -> MemauditError:
+    """One line carrying the server's own message (KFP answers ``{"error": ..., "message": ...}``)."""
+    try:
+        payload = json.loads(body)
+        message = payload.get("message") or payload.get("error") or body
+    except (ValueError, AttributeError):
+        message = body
+    detail = " ".join(str(message).split())[:300]
+    return MemauditError(
+        f"the Kubeflow Pipelines API at {host} refused the request (HTTP {code}: {detail or 'no message'})",
+        "check --host, --namespace and your credentials (--token, KF_PIPELINES_TOKEN or a service-account token)",
+    )
+
+
 def _check_api(host: str, token: str | None, timeout_s: float = 10.0) -> None:
-    """Fail fast, in one line, when the API is unreachable or refuses us (kfp.Client would retry for minutes)."""
+    """Fail fast, in one line, when the API is unreachable, refuses us or is older than :data:`BACKEND_FLOOR`."""
     import urllib.error
     import urllib.request
 
@@ -31,13 +57,10 @@ def _check_api(host: str, token: str | None, timeout_s: float = 10.0) -> None:
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            health = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        raise MemauditError(
-            f"the Kubeflow Pipelines API at {host} refused the request (HTTP {exc.code} {exc.reason})",
-            "check --host, --namespace and your credentials (--token or KF_PIPELINES_TOKEN)",
-        ) from None
+        raise _refused(host, exc.code, exc.read().decode("utf-8", "replace")) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise MemauditError(
@@ -45,6 +68,14 @@ def _check_api(host: str, token: str | None, timeout_s: float = 10.0) -> None:
             "check --host (e.g. kubectl port-forward svc/ml-pipeline-ui 8080:80 -n kubeflow, then "
             "--host http://localhost:8080)",
         ) from None
+    tag = str(health.get("tag_name") or "")
+    version = _backend_version(tag)
+    if version is not None and version < BACKEND_FLOOR:
+        floor = ".".join(map(str, BACKEND_FLOOR))
+        raise MemauditError(
+            f"the Kubeflow Pipelines backend at {host} is {tag}; memaudit needs {floor} or newer",
+            f"upgrade Kubeflow Pipelines to {RECOMMENDED_BACKEND} (docs/cluster.md, section 2)",
+        )
 
 
 def _client(host: str, namespace: str | None, token: str | None):
@@ -118,9 +149,6 @@ def submit_run(
                 "--host http://localhost:8080)",
             ) from None
         except ApiException as exc:
-            raise MemauditError(
-                f"the Kubeflow Pipelines API at {host} refused the request (HTTP {exc.status} {exc.reason})",
-                "check --host, --namespace and your credentials (--token or KF_PIPELINES_TOKEN)",
-            ) from None
+            raise _refused(host, exc.status, exc.body or exc.reason or "") from None
     url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
     return Submission(run.run_id, url, pipeline_id, version_id, exp.experiment_id)

@@ -24,9 +24,14 @@ class FakeKfpApi:
         self.requests: list[tuple[str, str]] = []
         self.packages: dict[str, dict] = {}  # version id -> parsed pipeline spec
         self.refuse_with: int | None = None  # answer every request with this HTTP status (e.g. 403)
+        self.refusal_message = "refused"  # the message a refusal carries, as KFP's API puts it
+        self.tag_name = "2.17.0"  # the backend version healthz reports
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def refusal(self) -> dict:
+        return {"error": self.refusal_message, "message": self.refusal_message, "code": 7}
 
     def __enter__(self):
         self._thread.start()
@@ -55,7 +60,9 @@ class FakeKfpApi:
             def do_GET(self):
                 api.requests.append(("GET", self.path))
                 if api.refuse_with:
-                    return self._reply(api.refuse_with, {"error": "refused", "code": 7})
+                    return self._reply(
+                        api.refuse_with, {"error": api.refusal_message, "message": api.refusal_message, "code": 7}
+                    )
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
                 parts = url.path.strip("/").split("/")
@@ -73,13 +80,15 @@ class FakeKfpApi:
                 if parts[:3] == ["apis", "v2beta1", "runs"] and len(parts) == 4 and parts[3] in api.runs:
                     return self._reply(200, api.runs[parts[3]])
                 if url.path == "/apis/v2beta1/healthz":
-                    return self._reply(200, {"multi_user": False})
+                    return self._reply(200, {"multi_user": False, "tag_name": api.tag_name, "commit_sha": "0" * 40})
                 return self._reply(404, {"error": f"no route {url.path}", "code": 5})
 
             def do_POST(self):
                 api.requests.append(("POST", self.path))
                 if api.refuse_with:
-                    return self._reply(api.refuse_with, {"error": "refused", "code": 7})
+                    return self._reply(
+                        api.refuse_with, {"error": api.refusal_message, "message": api.refusal_message, "code": 7}
+                    )
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
                 length = int(self.headers.get("Content-Length") or 0)

@@ -72,3 +72,31 @@ def test_refusing_api_exits_2_naming_the_status(api, capsys):
     err = capsys.readouterr().err
     assert "refused the request (HTTP 403" in err and err.count("\n") == 1
     assert not api.runs
+
+
+def test_refusal_prints_the_servers_message(api, capsys):
+    api.refuse_with = 403
+    api.refusal_message = 'User "alice" is not allowed to access namespace "team-a"'
+    with pytest.raises(SystemExit) as info:
+        main(["submit", "--host", api.url, "--preset", "demo"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'HTTP 403: User "alice" is not allowed to access namespace "team-a"' in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("tag", ["2.15.0", "v2.14.3", "1.8.5"])
+def test_backend_older_than_the_floor_is_refused(api, capsys, tag):
+    api.tag_name = tag
+    with pytest.raises(SystemExit) as info:
+        main(["submit", "--host", api.url, "--preset", "demo"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"is {tag}; memaudit needs 2.16 or newer" in err and "2.17.0" in err and err.count("\n") == 1
+    assert not api.runs and not api.pipelines
+
+
+@pytest.mark.parametrize("tag", ["2.16.0", "2.17.3", "v3.0.0", "dev"])
+def test_backend_at_or_above_the_floor_is_accepted(api, capsys, tag):
+    api.tag_name = tag
+    main(["submit", "--host", api.url, "--preset", "demo"])
+    assert len(api.runs) == 1
