@@ -7,7 +7,7 @@ from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Ou
 def aggregate(
     config_json: str,
     parent_run_id: str,
-    score_uris: list,
+    score_uris: list[str],
     pool: Input[Dataset],
     samples: Output[Dataset],
     summary: Output[Artifact],
@@ -15,6 +15,7 @@ def aggregate(
     roc: Output[ClassificationMetrics],
 ) -> str:
     """Write samples.parquet and summary.json; log headline metrics and the target's P-SMI ROC for the KFP UI."""
+    from memaudit.components.values import downsample_curve, kfp_metrics
     from memaudit.tasks import aggregate_task
 
     result = aggregate_task(
@@ -25,9 +26,9 @@ def aggregate(
         samples_path=samples.path,
         summary_path=summary.path,
     )
-    for name, value in result.metrics.items():
+    for name, value in kfp_metrics(result.metrics).items():
         metrics.log_metric(name, value)
-    roc.log_roc_curve(result.roc_fpr, result.roc_tpr, result.roc_threshold)
+    roc.log_roc_curve(*downsample_curve(result.roc_fpr, result.roc_tpr, result.roc_threshold))
     return result.uri
 
 

@@ -14,6 +14,7 @@ def finetune(
     checkpoints: Output[Model],
 ) -> str:
     """Train shadow ``shadow`` (skipped when its checkpoints are complete); returns their store URI."""
+    from memaudit.components.values import kfp_metadata
     from memaudit.shadow_tasks import finetune_task
 
     result = finetune_task(
@@ -25,7 +26,7 @@ def finetune(
         base_model_path=base_model.path,
         manifest_path=checkpoints.path,
     )
-    checkpoints.metadata.update(result.metadata)
+    checkpoints.metadata.update(kfp_metadata(result.metadata))
     return result.uri
 
 

@@ -17,11 +17,12 @@ def prepare(
     pool: Output[Dataset],
     base_model: Output[Model],
 ) -> NamedTuple(
-    "PrepareOutputs", [("config_json", str), ("fingerprint", str), ("parent_run_id", str), ("shadow_ids", list)]
+    "PrepareOutputs", [("config_json", str), ("fingerprint", str), ("parent_run_id", str), ("shadow_ids", list[int])]
 ):
     """Resolve the config from the run's parameters, write pool.parquet and the base model, start tracking."""
     from collections import namedtuple
 
+    from memaudit.components.values import kfp_metadata
     from memaudit.tasks import prepare_task
 
     result = prepare_task(
@@ -35,8 +36,8 @@ def prepare(
         pool_path=pool.path,
         base_model_path=base_model.path,
     )
-    pool.metadata.update(result.pool_metadata)
-    base_model.metadata.update(result.model_metadata)
+    pool.metadata.update(kfp_metadata(result.pool_metadata))
+    base_model.metadata.update(kfp_metadata(result.model_metadata))
     outputs = namedtuple("PrepareOutputs", ["config_json", "fingerprint", "parent_run_id", "shadow_ids"])
     return outputs(result.config_json, result.fingerprint, result.parent_run_id, result.shadow_ids)
 

@@ -14,6 +14,7 @@ def score(
     scores: Output[Dataset],
 ) -> str:
     """Write the shadow's score file (skipped when complete in the store); returns its store URI."""
+    from memaudit.components.values import kfp_metadata
     from memaudit.shadow_tasks import score_task
 
     result = score_task(
@@ -25,7 +26,7 @@ def score(
         checkpoints_manifest=checkpoints.path,
         manifest_path=scores.path,
     )
-    scores.metadata.update(result.metadata)
+    scores.metadata.update(kfp_metadata(result.metadata))
     return result.uri
 
 

@@ -15,10 +15,11 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model
 
 from memaudit.components import aggregate, finetune, plot, prepare, score, split
-from memaudit.config import ExperimentConfig
+from memaudit.config import ExperimentConfig, model_cache_size
 
 PIPELINE_NAME = "memaudit-audit"
 S3_SECRET_KEYS = ("MEMAUDIT_S3_ACCESS_KEY", "MEMAUDIT_S3_SECRET_KEY")
+HF_CACHE = "/cache/huggingface"  # HF_HOME of both runtime images (images/*/Dockerfile)
 ENV_CONFIG_KEYS = ("MEMAUDIT_S3_ENDPOINT", "MEMAUDIT_S3_BUCKET", "MEMAUDIT_S3_SECURE", "MLFLOW_TRACKING_URI")
 
 
@@ -41,6 +42,18 @@ def _common(task: dsl.PipelineTask, cfg: ExperimentConfig, name: str, *, gpu: bo
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
     for tol in run.gpu_tolerations:
         kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+    _model_cache(task, cfg)
+
+
+def _model_cache(task: dsl.PipelineTask, cfg: ExperimentConfig) -> None:
+    """The HF cache of a GPU task: a shared PVC, or a volume of the pod's own sized for the model's weights."""
+    if cfg.run.model_cache_pvc:
+        kubernetes.mount_pvc(task, pvc_name=cfg.run.model_cache_pvc, mount_path=HF_CACHE)
+        return
+    size = cfg.run.ephemeral_storage or model_cache_size(cfg.model.name)
+    kubernetes.add_ephemeral_volume(
+        task, volume_name="hf-cache", mount_path=HF_CACHE, access_modes=["ReadWriteOnce"], size=size
+    )
 
 
 def build_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", overrides: str = ""):
@@ -52,14 +65,14 @@ def build_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", overrides: s
 
     @dsl.pipeline(name="memaudit-shadows", description="Fine-tune and score every shadow model.")
     def shadows(
-        shadow_ids: list,
+        shadow_ids: list[int],
         config_json: str,
         parent_run_id: str,
         pool: Input[Dataset],
         member: Input[Dataset],
         base_model: Input[Model],
-    ) -> list:
-        with dsl.ParallelFor(shadow_ids, parallelism=cfg.run.parallelism, name="shadow") as shadow:
+    ) -> list[str]:
+        with dsl.ParallelFor(shadow_ids, parallelism=cfg.run.parallelism) as shadow:
             train = finetune_op(
                 config_json=config_json,
                 shadow=shadow,

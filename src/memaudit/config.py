@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -217,7 +219,19 @@ class RunConfig(_Section):
     )
     hf_token_secret: str = Field("memaudit-hf", description="optional Secret with HF_TOKEN (gated models)")
     service_account: str = Field("", description="Kubernetes service account of the run's pods ('' = KFP default)")
+    model_cache_pvc: str = Field(
+        "", description="PVC (ReadWriteMany) mounted as the GPU tasks' HF cache: a run downloads the weights once"
+    )
+    ephemeral_storage: str = Field(
+        "", description="size of each GPU pod's own HF cache volume when no model_cache_pvc ('' = from the model size)"
+    )
     experiment: str = Field("memaudit", description="MLflow experiment name")
+
+
+def model_cache_size(model_name: str) -> str:
+    """A GPU pod's HF cache size: bf16 weights (2 bytes a parameter, from the ``7B`` in the name) × 1.5 + 10 GiB."""
+    match = re.search(r"(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", model_name)
+    return f"{math.ceil(float(match[1]) * 2 * 1.5) + 10}Gi" if match else "20Gi"
 
 
 class ExperimentConfig(_Section):

@@ -1,0 +1,185 @@
+"""Rules the KFP v2 backend enforces and kfp.local does not, checked on every committed compiled pipeline.
+
+Each assertion names the upstream source (kubeflow/pipelines) or issue that states the rule.
+"""
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from memaudit.components.values import MAX_CURVE_POINTS, downsample_curve, kfp_metadata, kfp_metrics
+from memaudit.config import load_config, model_cache_size
+from memaudit.pipelines.audit import HF_CACHE
+from memaudit.pipelines.compile import COMPILED, compile_pipeline
+from memaudit.pipelines.submit import BACKEND_FLOOR
+
+COMPILED_FILES = sorted(COMPILED.parent.glob("*.yaml"))
+GPU_EXECUTORS = {"exec-finetune", "exec-score"}
+SECRET_NAMES = ("ACCESS_KEY", "SECRET_KEY", "TOKEN", "PASSWORD")
+
+
+def _load(path: Path):
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@pytest.fixture(scope="module", params=COMPILED_FILES, ids=lambda p: p.name)
+def compiled(request):
+    return _load(request.param)
+
+
+def _dags(spec):
+    yield spec["root"]
+    yield from (c for c in spec["components"].values() if "dag" in c)
+
+
+def _param_type(spec, dag, binding):
+    """The IR type of the value a task input parameter binding resolves to (None for constants)."""
+    declared = dag.get("inputDefinitions", {}).get("parameters", {})
+    if "componentInputParameter" in binding:
+        return declared[binding["componentInputParameter"]]["parameterType"]
+    if "taskOutputParameter" in binding:
+        src = binding["taskOutputParameter"]
+        producer = spec["components"][dag["dag"]["tasks"][src["producerTask"]]["componentRef"]["name"]]
+        return producer["outputDefinitions"]["parameters"][src["outputParameterKey"]]["parameterType"]
+    return None
+
+
+def test_committed_pipelines_exist():
+    assert COMPILED in COMPILED_FILES
+
+
+def test_every_parameter_binding_has_the_consumers_type(compiled):
+    # backend/src/v2/driver/resolve.go: a resolved parameter whose type differs from the input's is rejected
+    spec, _ = compiled
+    checked = 0
+    for dag in _dags(spec):
+        for name, task in dag["dag"]["tasks"].items():
+            wanted = spec["components"][task["componentRef"]["name"]].get("inputDefinitions", {}).get("parameters", {})
+            for arg, binding in task.get("inputs", {}).get("parameters", {}).items():
+                got = _param_type(spec, dag, binding)
+                if got is not None:
+                    assert got == wanted[arg]["parameterType"], f"{name}.{arg}: {got} != {wanted[arg]['parameterType']}"
+                    checked += 1
+    assert checked > 10
+
+
+def test_loop_items_are_typed_like_their_consumers(compiled):
+    # backend/src/v2/driver: the loop item's declared type must equal the consumer's (an untyped list is STRING)
+    spec, _ = compiled
+    loops = [t for d in _dags(spec) for t in d["dag"]["tasks"].values() if "parameterIterator" in t]
+    assert loops
+    for loop in loops:
+        body = spec["components"][loop["componentRef"]["name"]]
+        item = loop["parameterIterator"]["itemInput"]
+        item_type = body["inputDefinitions"]["parameters"][item]["parameterType"]
+        for task in body["dag"]["tasks"].values():
+            wanted = spec["components"][task["componentRef"]["name"]]["inputDefinitions"]["parameters"]
+            for arg, binding in task.get("inputs", {}).get("parameters", {}).items():
+                if binding.get("componentInputParameter") == item:
+                    assert item_type == wanted[arg]["parameterType"] == "NUMBER_INTEGER"
+
+
+def test_no_named_parallel_for_below_the_floor(compiled):
+    # kubeflow/pipelines#13239: a named ParallelFor breaks dsl.Collected before 2.16
+    spec, _ = compiled
+    if BACKEND_FLOOR >= (2, 16):
+        return
+    for dag in _dags(spec):
+        for name, task in dag["dag"]["tasks"].items():
+            if "parameterIterator" in task:
+                assert task["taskInfo"]["name"].startswith("for-loop-"), f"named ParallelFor {name}"
+
+
+def test_floor_covers_the_features_the_pipeline_uses():
+    # #11725 Collected from a nested pipeline (2.14), #12216 optional secrets (2.15), #11979 nested DAG status (2.17)
+    assert BACKEND_FLOOR >= (2, 16)
+
+
+def test_gpu_tasks_are_scheduled_on_gpus(compiled):
+    # kfp-kubernetes platform spec: nodeSelector/tolerations per executor; accelerator limit in the container spec
+    spec, platform = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for name in GPU_EXECUTORS:
+        resources = executors[name]["container"]["resources"]
+        assert resources["accelerator"]["resourceCount"] == "1"
+        assert "nvidia.com/gpu" in resources["accelerator"]["resourceType"]
+        assert platform[name]["nodeSelector"]["labels"]
+        assert platform[name].get("tolerations")
+
+
+def test_secrets_reach_tasks_as_env_never_as_parameters(compiled):
+    # backend/src/v2/driver: parameters are stored in MLMD and shown in the UI; secrets go through secretAsEnv
+    spec, platform = compiled
+    for comp in spec["components"].values():
+        for param in comp.get("inputDefinitions", {}).get("parameters", {}):
+            assert not any(s in param.upper() for s in SECRET_NAMES), f"secret-like parameter {param}"
+    for name in spec["deploymentSpec"]["executors"]:
+        env = {e["envVar"] for s in platform[name]["secretAsEnv"] for e in s["keyToEnv"]}
+        assert {"MEMAUDIT_S3_ACCESS_KEY", "MEMAUDIT_S3_SECRET_KEY"} <= env
+
+
+def test_hub_model_metadata_has_no_null_or_non_finite_value():
+    # backend/src/v2/metadata: artifact metadata becomes a structpb.Struct; the launcher rejects null values
+    raw = {"name": "mistralai/Mistral-7B-v0.1", "revision": None, "nested": {"a": None, "x": float("nan")}}
+    clean = kfp_metadata(raw)
+    assert clean == {"name": "mistralai/Mistral-7B-v0.1", "nested": {"x": "nan"}}
+    json.dumps(clean, allow_nan=False)
+
+
+def test_metrics_drop_non_finite_values():
+    # protojson cannot encode NaN or ±inf in a metrics artifact
+    assert kfp_metrics({"auc": 0.5, "nan": float("nan"), "inf": math.inf, "none": None, "n": 3}) == {
+        "auc": 0.5,
+        "n": 3.0,
+    }
+
+
+def test_roc_curves_are_downsampled_for_the_ui():
+    # the KFP UI renders ClassificationMetrics point by point: at most MAX_CURVE_POINTS per curve
+    fpr = [i / 999 for i in range(1000)]
+    tpr = [min(1.0, 2 * f) for f in fpr]
+    thr = list(range(1000, 0, -1))
+    out_fpr, out_tpr, out_thr = downsample_curve(fpr, tpr, thr)
+    assert len(out_fpr) == len(out_tpr) == len(out_thr) == MAX_CURVE_POINTS
+    assert (out_fpr[0], out_fpr[-1]) == (0.0, 1.0) and out_thr[0] == 1000 and out_thr[-1] == 1
+    assert all(a < b for a, b in itertools.pairwise(out_fpr))
+    assert downsample_curve([0.0, 1.0], [0.0, 1.0]) == ([0.0, 1.0], [0.0, 1.0])
+
+
+def test_gpu_tasks_get_disk_for_the_model_weights(compiled):
+    # a 7B model's bf16 weights (~15 GB) must not land in the pod's writable layer (kubelet evicts on disk pressure)
+    _, platform = compiled
+    for name in GPU_EXECUTORS:
+        volumes = platform[name].get("genericEphemeralVolume", []) + platform[name].get("pvcMount", [])
+        assert [v["mountPath"] for v in volumes] == [HF_CACHE]
+
+
+def test_model_cache_pvc_replaces_the_pods_own_volume():
+    cfg = load_config(preset="arc-mistral", overrides=["run.model_cache_pvc=hf-models"])
+    platform = _compile(cfg)
+    for name in GPU_EXECUTORS:
+        assert "genericEphemeralVolume" not in platform[name]
+        assert platform[name]["pvcMount"][0]["mountPath"] == HF_CACHE
+        assert platform[name]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "hf-models"
+
+
+def test_cache_volume_size_follows_the_model_or_the_setting():
+    assert model_cache_size("mistralai/Mistral-7B-v0.1") == "31Gi"  # 7e9 × 2 B × 1.5 = 21 GB, + 10
+    assert model_cache_size("Qwen/Qwen2.5-0.5B") == "12Gi"
+    assert model_cache_size("tiny-llama") == "20Gi"
+    cfg = load_config(preset="arc-mistral", overrides=["run.ephemeral_storage=100Gi"])
+    assert {v["size"] for n in GPU_EXECUTORS for v in _compile(cfg)[n]["genericEphemeralVolume"]} == {"100Gi"}
+
+
+def _compile(cfg):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audit.yaml"
+        compile_pipeline(cfg, path)
+        return _load(path)[1]
