@@ -3,11 +3,14 @@ find or create the experiment, start the run with the resolved config as its ``c
 
 import hashlib
 import json
+import os
 import re
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from memaudit.config import ExperimentConfig
 from memaudit.errors import MemauditError
@@ -78,6 +81,47 @@ def _check_api(host: str, token: str | None, timeout_s: float = 10.0) -> None:
         )
 
 
+NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
+TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # projected token, audience pipelines.kubeflow.org
+
+
+def resolve_namespace(namespace: str | None) -> str | None:
+    """``--namespace``, else $KF_PIPELINES_NAMESPACE, else the current kube context's namespace, else None."""
+    if namespace or os.environ.get(NAMESPACE_ENV):
+        return namespace or os.environ[NAMESPACE_ENV]
+    kubeconfig = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+    try:
+        doc = yaml.safe_load(kubeconfig.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    current = doc.get("current-context")
+    for entry in doc.get("contexts") or []:
+        if entry.get("name") == current:
+            return (entry.get("context") or {}).get("namespace")
+    return None
+
+
+def resolve_token(token: str | None) -> str | None:
+    """``--token``/$KF_PIPELINES_TOKEN, else the projected service-account token file when it exists."""
+    if token:
+        return token
+    path = Path(os.environ.get(TOKEN_PATH_ENV, TOKEN_PATH))
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _pipeline_id(client, namespace: str | None) -> str | None:
+    """The id of memaudit's pipeline visible in ``namespace`` (kfp's get_pipeline_id ignores namespaces)."""
+    name_filter = json.dumps(
+        {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": PIPELINE_NAME}]}
+    )
+    found = client.list_pipelines(filter=name_filter, namespace=namespace).pipelines or []
+    return found[0].pipeline_id if found else None
+
+
 def _client(host: str, namespace: str | None, token: str | None):
     import kfp
 
@@ -111,6 +155,7 @@ def submit_run(
     from kfp_server_api.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
+    namespace, token = resolve_namespace(namespace), resolve_token(token)
     _check_api(host, token)
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "audit.yaml"
@@ -120,10 +165,13 @@ def submit_run(
         run_name = run_name or f"{cfg.preset or 'audit'}-{cfg.fingerprint()}"
         try:
             client = _client(host, namespace, token)
-            pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+            pipeline_id = _pipeline_id(client, namespace)
             if pipeline_id is None:
                 pipeline = client.upload_pipeline(
-                    str(package), pipeline_name=PIPELINE_NAME, description="memaudit audit pipeline"
+                    str(package),
+                    pipeline_name=PIPELINE_NAME,
+                    description="memaudit audit pipeline",
+                    namespace=namespace,
                 )
                 pipeline_id = pipeline.pipeline_id
             version_id = _version_id(client, pipeline_id, version_name)

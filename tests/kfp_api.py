@@ -22,6 +22,7 @@ class FakeKfpApi:
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: set[str | None] = set()  # Authorization headers seen
         self.packages: dict[str, dict] = {}  # version id -> parsed pipeline spec
         self.refuse_with: int | None = None  # answer every request with this HTTP status (e.g. 403)
         self.refusal_message = "refused"  # the message a refusal carries, as KFP's API puts it
@@ -59,10 +60,9 @@ class FakeKfpApi:
 
             def do_GET(self):
                 api.requests.append(("GET", self.path))
+                api.authorizations.add(self.headers.get("Authorization"))
                 if api.refuse_with:
-                    return self._reply(
-                        api.refuse_with, {"error": api.refusal_message, "message": api.refusal_message, "code": 7}
-                    )
+                    return self._reply(api.refuse_with, api.refusal())
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
                 parts = url.path.strip("/").split("/")
@@ -85,10 +85,9 @@ class FakeKfpApi:
 
             def do_POST(self):
                 api.requests.append(("POST", self.path))
+                api.authorizations.add(self.headers.get("Authorization"))
                 if api.refuse_with:
-                    return self._reply(
-                        api.refuse_with, {"error": api.refusal_message, "message": api.refusal_message, "code": 7}
-                    )
+                    return self._reply(api.refuse_with, api.refusal())
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
                 length = int(self.headers.get("Content-Length") or 0)

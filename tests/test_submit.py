@@ -1,5 +1,8 @@
 """`memaudit submit` against a local server implementing the KFP v2beta1 REST calls it uses."""
 
+import re
+from urllib.parse import parse_qs, urlparse
+
 import pytest
 import yaml
 
@@ -9,7 +12,11 @@ from tests.kfp_api import FakeKfpApi
 
 
 @pytest.fixture
-def api():
+def api(monkeypatch, tmp_path):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.delenv("KF_PIPELINES_NAMESPACE", raising=False)
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
     with FakeKfpApi() as server:
         yield server
 
@@ -100,3 +107,49 @@ def test_backend_at_or_above_the_floor_is_accepted(api, capsys, tag):
     api.tag_name = tag
     main(["submit", "--host", api.url, "--preset", "demo"])
     assert len(api.runs) == 1
+
+
+def _namespaces_sent(api):
+    uploads = [p for m, p in api.requests if m == "POST" and p.startswith("/apis/v2beta1/pipelines/upload?")]
+    return {parse_qs(urlparse(p).query).get("namespace", [None])[0] for p in uploads}, {
+        e.get("namespace") for e in api.experiments.values()
+    }
+
+
+def test_namespace_is_sent_on_upload_and_run(api):
+    main(["submit", "--host", api.url, "--preset", "demo", "--namespace", "team-a"])
+    assert _namespaces_sent(api) == ({"team-a"}, {"team-a"})
+    assert len(api.runs) == 1
+
+
+def test_namespace_defaults_to_the_env_then_the_kube_context(api, monkeypatch, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "current-context: b\ncontexts:\n- name: a\n  context: {namespace: wrong}\n"
+        "- name: b\n  context: {namespace: from-context}\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    main(["submit", "--host", api.url, "--preset", "demo"])
+    assert _namespaces_sent(api) == ({"from-context"}, {"from-context"})
+    monkeypatch.setenv("KF_PIPELINES_NAMESPACE", "from-env")
+    api.pipelines.clear()
+    main(["submit", "--host", api.url, "--preset", "demo"])
+    assert "from-env" in _namespaces_sent(api)[0]
+
+
+def test_token_comes_from_the_projected_service_account_file(api, monkeypatch, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("sa-token-123\n")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    main(["submit", "--host", api.url, "--preset", "demo"])
+    assert api.authorizations == {"Bearer sa-token-123"}
+    api.authorizations.clear()
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", "explicit")
+    main(["submit", "--host", api.url, "--preset", "demo"])
+    assert api.authorizations == {"Bearer explicit"}
+
+
+def test_version_names_are_valid_kubernetes_names(api):
+    main(["submit", "--host", api.url, "--preset", "demo"])
+    names = [v["display_name"] for versions in api.versions.values() for v in versions]
+    assert names and all(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", n) for n in names)

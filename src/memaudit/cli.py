@@ -118,8 +118,19 @@ def submit(
     set_: SetOpt = None,
     experiment: Annotated[str | None, typer.Option(help="KFP experiment (default: run.experiment)")] = None,
     run_name: Annotated[str | None, typer.Option(help="name of the run")] = None,
-    namespace: Annotated[str | None, typer.Option(help="KFP namespace (multi-user installs)")] = None,
-    token: Annotated[str | None, typer.Option(help="bearer token", envvar="KF_PIPELINES_TOKEN")] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="profile namespace of a multi-user install (default: $KF_PIPELINES_NAMESPACE, else the kube context's)"
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="bearer token (default: the projected token at $KF_PIPELINES_SA_TOKEN_PATH when present)",
+            envvar="KF_PIPELINES_TOKEN",
+        ),
+    ] = None,
 ) -> None:
     """Compile the pipeline for this config, upload it to a KFP API and start a run."""
     cfg = resolve_config(preset, config, set_)
