@@ -280,6 +280,10 @@ VARIANTS = {
         },
         "hf": {"token": "hf_x"},
     },
+    "submit-multi-user": {
+        **CREDS,
+        "submit": {"enabled": True, "multiUser": True, "namespace": "team-a"},
+    },
     "existing-secret-external-db": {
         "s3": {"existingSecret": "my-s3", "endpoint": "https://s3.eu-west-1.amazonaws.com"},
         "mlflow": {"backendStore": {"existingSecret": "mlflow-db"}},
@@ -417,6 +421,27 @@ def test_submit_job_options_are_memaudit_submit_options():
     assert options == {"--host", "--config", "--experiment", "--run-name", "--set"}
     token = [e for e in container["env"] if e["name"] == "KF_PIPELINES_TOKEN"]
     assert token[0]["valueFrom"]["secretKeyRef"] == {"name": "kfp-token", "key": "token"}
+
+
+@needs_helm
+def test_multi_user_submit_uses_a_projected_token_and_the_profiles_edit_role():
+    docs = render(VARIANTS["submit-multi-user"])
+    job = _submit_job(docs)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--namespace=team-a" in container["args"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "kfp-token")
+    assert mount["mountPath"] == "/var/run/secrets/kubeflow/pipelines"  # kfp.client.KF_PIPELINES_SA_TOKEN_PATH's folder
+    (source,) = next(v for v in pod["volumes"] if v["name"] == "kfp-token")["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    assert source["serviceAccountToken"]["path"] == "token"
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "ClusterRole"]
+    assert binding["metadata"]["namespace"] == "team-a"
+    assert binding["roleRef"]["name"] == "kubeflow-pipelines-edit"
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+    single = render(VARIANTS["submit"])
+    assert not [d for d in single if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "ClusterRole"]
+    assert "kfp-token" not in {v["name"] for v in _submit_job(single)["spec"]["template"]["spec"]["volumes"]}
 
 
 @needs_helm
