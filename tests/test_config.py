@@ -204,3 +204,19 @@ def test_dict_fields_are_replaced_not_merged():
     assert other.run.gpu_node_selector == {"cloud.google.com/gke-accelerator": "a100"}
     # sections still merge field by field
     assert load_config(preset="arc-mistral", overrides=["training.epochs=3"]).training.learning_rate == 2.5e-5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--no-such-flag"], "No such option: --no-such-flag (see 'memaudit run --help')"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["stage", "split", "--preset"], "Option '--preset' requires an argument"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err

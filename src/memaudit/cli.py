@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer._click.exceptions import ClickException  # typer 0.29 vendors click: not the click package
 
 from memaudit.cli_options import ConfigOpt, PresetOpt, SetOpt, resolve_config
 from memaudit.cli_stages import stage_app
@@ -148,7 +149,7 @@ def submit(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning :class:`MemauditError` into one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=False, prog_name="memaudit")
     except MemauditError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -157,13 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        from click import ClickException
-
-        if isinstance(exc, ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    except ClickException as exc:  # usage errors: unknown option, missing or bad argument
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx else "memaudit"
+        typer.echo(f"error: {exc.format_message().rstrip('.')} (see '{command} --help')", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
