@@ -51,6 +51,14 @@ def _refused(host: str, code: int, body: str) -> MemauditError:
     )
 
 
+def _unreachable(host: str, reason: object) -> MemauditError:
+    return MemauditError(
+        f"cannot reach the Kubeflow Pipelines API at {host} ({reason})",
+        "check --host (e.g. kubectl port-forward svc/ml-pipeline-ui 8080:80 -n kubeflow, then "
+        "--host http://localhost:8080)",
+    )
+
+
 def _check_api(host: str, token: str | None, timeout_s: float = 10.0) -> None:
     """Fail fast, in one line, when the API is unreachable, refuses us or is older than :data:`BACKEND_FLOOR`."""
     import urllib.error
@@ -66,11 +74,7 @@ def _check_api(host: str, token: str | None, timeout_s: float = 10.0) -> None:
         raise _refused(host, exc.code, exc.read().decode("utf-8", "replace")) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise MemauditError(
-            f"cannot reach the Kubeflow Pipelines API at {host} ({reason})",
-            "check --host (e.g. kubectl port-forward svc/ml-pipeline-ui 8080:80 -n kubeflow, then "
-            "--host http://localhost:8080)",
-        ) from None
+        raise _unreachable(host, reason) from None
     tag = str(health.get("tag_name") or "")
     version = _backend_version(tag)
     if version is not None and version < BACKEND_FLOOR:
@@ -191,11 +195,7 @@ def submit_run(
                 service_account=cfg.run.service_account or None,
             )
         except (HTTPError, OSError) as exc:
-            raise MemauditError(
-                f"cannot reach the Kubeflow Pipelines API at {host} ({type(exc).__name__})",
-                "check --host (e.g. kubectl port-forward svc/ml-pipeline-ui 8080:80 -n kubeflow, then "
-                "--host http://localhost:8080)",
-            ) from None
+            raise _unreachable(host, type(exc).__name__) from None
         except ApiException as exc:
             raise _refused(host, exc.status, exc.body or exc.reason or "") from None
     url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
