@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= demo
 OUTPUT ?= runs/$(PRESET)
 
-.PHONY: demo test lint format compile images bench clean
+.PHONY: demo test test-fast lint format compile images bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/memaudit run --preset $(PRESET) --output $(OUTPUT)
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	$(BIN)/python -m pytest
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow and not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -55,8 +55,8 @@ def _child(*args: str) -> dict:
 
 
 def generate(folder: str, n_models: int, n_samples: int) -> dict:
-    from memaudit.pool import write_pool
-    from memaudit.synthetic_scores import write_synthetic_scores
+    from memaudit.data.poolfile import write_pool
+    from memaudit.testing import write_synthetic_scores
 
     synthetic = write_synthetic_scores(
         folder, n_models=n_models, n_samples=n_samples, layers=LAYERS, seed=0, progress=True
@@ -120,11 +120,11 @@ def main() -> None:
 
     import pandas as pd
 
-    from memaudit.aggregate import aggregate
     from memaudit.config import load_config
+    from memaudit.data.poolfile import read_pool
     from memaudit.metrics import lira_loo, logit_gap
-    from memaudit.pool import read_pool
-    from memaudit.scorefile import read_scores
+    from memaudit.stages.aggregate import aggregate
+    from memaudit.stages.scorefile import read_scores
 
     folder = Path(tempfile.mkdtemp(prefix="memaudit-bench-"))
     try:

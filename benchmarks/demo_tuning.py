@@ -50,10 +50,10 @@ def _quiet_one_thread() -> None:
 def _shadow_job(config: dict, pool_path: str, member_path: str, shadow: int, base: str, workdir: str) -> dict:
     """Fine-tune and score one shadow; returns its wall times and final training loss."""
     from memaudit.config import config_from_dict
-    from memaudit.pool import read_pool
-    from memaudit.score import score_shadow
-    from memaudit.splits import read_membership
-    from memaudit.train import finetune
+    from memaudit.data.poolfile import read_pool
+    from memaudit.data.splits import read_membership
+    from memaudit.stages.finetune import finetune
+    from memaudit.stages.score import score_shadow
 
     cfg = config_from_dict(config)
     pool = read_pool(pool_path)
@@ -79,12 +79,13 @@ def _shadow_job(config: dict, pool_path: str, member_path: str, shadow: int, bas
 def run(cfg, workdir: Path, cache: Path, workers: int, only: int | None = None) -> dict[str, Any]:
     """All stages for ``cfg``; returns the summary, the stage times and the per-shadow results. With ``only``,
     just the first ``only`` shadows are trained and scored and there is no aggregate (a quick look at training)."""
-    from memaudit.aggregate import aggregate
-    from memaudit.data import build_pool, pool_summary
+    from memaudit.data.pool import build_pool, pool_summary
+    from memaudit.data.poolfile import train_pool, write_pool
+    from memaudit.data.splits import membership_matrix, write_membership
+    from memaudit.data.synthetic import tiny_model_corpus
     from memaudit.errors import MemauditError
-    from memaudit.models import ensure_base_model, tiny_model_corpus
-    from memaudit.pool import train_pool, write_pool
-    from memaudit.splits import membership_matrix, write_membership
+    from memaudit.model.tiny import ensure_base_model
+    from memaudit.stages.aggregate import aggregate
 
     times: dict[str, float] = {}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -151,8 +152,8 @@ def diagnostics(cfg, workdir: Path, pool) -> list[dict[str, Any]]:
     AUC of the best P-SMI layer and of the loss at that checkpoint, from ``timeline.parquet``."""
     import pandas as pd
 
-    from memaudit.pool import train_pool
-    from memaudit.scorefile import read_scores
+    from memaudit.data.poolfile import train_pool
+    from memaudit.stages.scorefile import read_scores
 
     train = train_pool(pool)
     target = read_scores(workdir / "shadows" / str(cfg.shadows.target) / "scores.npz")

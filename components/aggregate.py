@@ -16,7 +16,7 @@ def aggregate(
 ) -> str:
     """Write samples.parquet and summary.json; log headline metrics and the target's P-SMI ROC for the KFP UI."""
     from memaudit.components.values import downsample_curve, kfp_metrics
-    from memaudit.tasks import aggregate_task
+    from memaudit.tasks.aggregate import aggregate_task
 
     result = aggregate_task(
         config_json=config_json,

@@ -15,7 +15,7 @@ def finetune(
 ) -> str:
     """Train shadow ``shadow`` (skipped when its checkpoints are complete); returns their store URI."""
     from memaudit.components.values import kfp_metadata
-    from memaudit.shadow_tasks import finetune_task
+    from memaudit.tasks.finetune import finetune_task
 
     result = finetune_task(
         config_json=config_json,

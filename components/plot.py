@@ -13,7 +13,7 @@ def plot(
     report: Output[HTML],
 ) -> str:
     """Render the report (HTML with embedded PNGs); returns the report's store URI."""
-    from memaudit.tasks import plot_task
+    from memaudit.tasks.plot import plot_task
 
     return plot_task(
         config_json=config_json,

@@ -23,7 +23,7 @@ def prepare(
     from collections import namedtuple
 
     from memaudit.components.values import kfp_metadata
-    from memaudit.tasks import prepare_task
+    from memaudit.tasks.prepare import prepare_task
 
     result = prepare_task(
         preset=preset,

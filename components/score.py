@@ -15,7 +15,7 @@ def score(
 ) -> str:
     """Write the shadow's score file (skipped when complete in the store); returns its store URI."""
     from memaudit.components.values import kfp_metadata
-    from memaudit.shadow_tasks import score_task
+    from memaudit.tasks.score import score_task
 
     result = score_task(
         config_json=config_json,

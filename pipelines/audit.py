@@ -11,16 +11,25 @@ The shadow loop lives in a nested pipeline that takes the prepare outputs as its
 runner replaces, inside a ParallelFor, any task-output parameter coming from outside the loop by the loop item.
 """
 
+import math
+import re
+
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model
 
 from memaudit.components import aggregate, finetune, plot, prepare, score, split
-from memaudit.config import ExperimentConfig, model_cache_size
+from memaudit.config import ExperimentConfig
 
 PIPELINE_NAME = "memaudit-audit"
 S3_SECRET_KEYS = ("MEMAUDIT_S3_ACCESS_KEY", "MEMAUDIT_S3_SECRET_KEY")
 HF_CACHE = "/cache/huggingface"  # HF_HOME of both runtime images (images/*/Dockerfile)
 ENV_CONFIG_KEYS = ("MEMAUDIT_S3_ENDPOINT", "MEMAUDIT_S3_BUCKET", "MEMAUDIT_S3_SECURE", "MLFLOW_TRACKING_URI")
+
+
+def model_cache_size(model_name: str) -> str:
+    """A GPU pod's HF cache size: bf16 weights (2 bytes a parameter, from the ``7B`` in the name) × 1.5 + 10 GiB."""
+    match = re.search(r"(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", model_name)
+    return f"{math.ceil(float(match[1]) * 2 * 1.5) + 10}Gi" if match else "20Gi"
 
 
 def _common(task: dsl.PipelineTask, cfg: ExperimentConfig, name: str, *, gpu: bool) -> None:
@@ -56,12 +65,9 @@ def _model_cache(task: dsl.PipelineTask, cfg: ExperimentConfig) -> None:
     )
 
 
-def build_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", overrides: str = ""):
-    """The pipeline function for ``cfg``; ``config_yaml``/``overrides`` become the parameters' defaults."""
-    cpu, gpu = cfg.run.image_cpu, cfg.run.image_gpu
-    prepare_op, split_op = prepare.component(cpu), split.component(cpu)
-    finetune_op, score_op = finetune.component(gpu), score.component(gpu)
-    aggregate_op, plot_op = aggregate.component(cpu), plot.component(cpu)
+def _shadows_pipeline(cfg: ExperimentConfig):
+    """The nested pipeline of the shadow loop: ParallelFor(shadow ids) { finetune → score }, its score URIs out."""
+    finetune_op, score_op = finetune.component(cfg.run.image_gpu), score.component(cfg.run.image_gpu)
 
     @dsl.pipeline(name="memaudit-shadows", description="Fine-tune and score every shadow model.")
     def shadows(
@@ -73,25 +79,47 @@ def build_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", overrides: s
         base_model: Input[Model],
     ) -> list[str]:
         with dsl.ParallelFor(shadow_ids, parallelism=cfg.run.parallelism) as shadow:
-            train = finetune_op(
-                config_json=config_json,
-                shadow=shadow,
-                parent_run_id=parent_run_id,
-                pool=pool,
-                member=member,
-                base_model=base_model,
-            )
+            inputs = {"config_json": config_json, "shadow": shadow, "pool": pool, "member": member}
+            train = finetune_op(**inputs, parent_run_id=parent_run_id, base_model=base_model)
             _common(train, cfg, "finetune", gpu=True)
-            scored = score_op(
-                config_json=config_json,
-                shadow=shadow,
-                pool=pool,
-                member=member,
-                base_model=base_model,
-                checkpoints=train.outputs["checkpoints"],
-            )
+            scored = score_op(**inputs, base_model=base_model, checkpoints=train.outputs["checkpoints"])
             _common(scored, cfg, "score", gpu=True)
         return dsl.Collected(scored.outputs["Output"])
+
+    return shadows
+
+
+def _graph(cfg: ExperimentConfig, shadows, parameters: dict) -> None:
+    """prepare → split → shadows → aggregate → plot, from the run's parameters (called while compiling)."""
+    cpu = cfg.run.image_cpu
+    prep = prepare.component(cpu)(**parameters)
+    _common(prep, cfg, "prepare", gpu=False)
+    kubernetes.use_secret_as_env(prep, cfg.run.hf_token_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
+    run_inputs = {"config_json": prep.outputs["config_json"], "parent_run_id": prep.outputs["parent_run_id"]}
+    members = split.component(cpu)(config_json=run_inputs["config_json"], pool=prep.outputs["pool"])
+    _common(members, cfg, "split", gpu=False)
+    fan_out = shadows(
+        shadow_ids=prep.outputs["shadow_ids"],
+        **run_inputs,
+        pool=prep.outputs["pool"],
+        member=members.outputs["member"],
+        base_model=prep.outputs["base_model"],
+    )
+    fan_out.set_display_name("shadows")
+    agg = aggregate.component(cpu)(**run_inputs, score_uris=fan_out.output, pool=prep.outputs["pool"])
+    _common(agg, cfg, "aggregate", gpu=False)
+    report = plot.component(cpu)(
+        **run_inputs,
+        aggregate_uri=agg.outputs["Output"],
+        samples=agg.outputs["samples"],
+        summary=agg.outputs["summary"],
+    )
+    _common(report, cfg, "plot", gpu=False)
+
+
+def build_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", overrides: str = ""):
+    """The pipeline function for ``cfg``; ``config_yaml``/``overrides`` become the parameters' defaults."""
+    shadows = _shadows_pipeline(cfg)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -107,44 +135,7 @@ def build_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", overrides: s
         model: str = "",
         run_name: str = "",
     ):
-        prep = prepare_op(
-            preset=preset,
-            config_yaml=config_yaml,
-            overrides=overrides,
-            n_shadows=n_shadows,
-            dataset=dataset,
-            model=model,
-            run_name=run_name,
-        )
-        _common(prep, cfg, "prepare", gpu=False)
-        kubernetes.use_secret_as_env(prep, cfg.run.hf_token_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
-        config_json = prep.outputs["config_json"]
-        parent_run_id = prep.outputs["parent_run_id"]
-        members = split_op(config_json=config_json, pool=prep.outputs["pool"])
-        _common(members, cfg, "split", gpu=False)
-        fan_out = shadows(
-            shadow_ids=prep.outputs["shadow_ids"],
-            config_json=config_json,
-            parent_run_id=parent_run_id,
-            pool=prep.outputs["pool"],
-            member=members.outputs["member"],
-            base_model=prep.outputs["base_model"],
-        )
-        fan_out.set_display_name("shadows")
-        agg = aggregate_op(
-            config_json=config_json,
-            parent_run_id=parent_run_id,
-            score_uris=fan_out.output,
-            pool=prep.outputs["pool"],
-        )
-        _common(agg, cfg, "aggregate", gpu=False)
-        report = plot_op(
-            config_json=config_json,
-            parent_run_id=parent_run_id,
-            aggregate_uri=agg.outputs["Output"],
-            samples=agg.outputs["samples"],
-            summary=agg.outputs["summary"],
-        )
-        _common(report, cfg, "plot", gpu=False)
+        parameters = {"preset": preset, "config_yaml": config_yaml, "overrides": overrides, "n_shadows": n_shadows}
+        _graph(cfg, shadows, {**parameters, "dataset": dataset, "model": model, "run_name": run_name})
 
     return audit

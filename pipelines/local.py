@@ -23,7 +23,8 @@ from memaudit.environment import scoped_env
 from memaudit.errors import MemauditError
 from memaudit.pipelines.audit import build_pipeline
 from memaudit.progress import PROGRESS_ENV, read_events
-from memaudit.task_env import STORE_DIR_ENV, THREADS_ENV, WORK_DIR_ENV
+from memaudit.tasks.results import collect_results
+from memaudit.tasks.runtime import STORE_DIR_ENV, THREADS_ENV, WORK_DIR_ENV
 
 
 @dataclass
@@ -31,6 +32,8 @@ class LocalRun:
     output: Path
     log: Path
     wall_s: float
+    summary: dict
+    report: Path
     events: list[dict] = field(default_factory=list)
 
 
@@ -76,14 +79,8 @@ class _Bars:
             bar.close()
 
 
-def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = True) -> LocalRun:
-    """Run the whole pipeline for ``cfg`` with outputs under ``output``; raises on a failed task."""
-    from kfp import local
-
-    output = Path(output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    log_path, events_path = output / "kfp.log", output / "progress.jsonl"
-    events_path.unlink(missing_ok=True)
+def _environment(cfg: ExperimentConfig, output: Path, events_path: Path) -> dict[str, str]:
+    """What the tasks read: the progress file, the store and scratch folders, torch threads, MLflow."""
     threads = max(1, (os.cpu_count() or 1) // min(cfg.run.parallelism, cfg.shadows.n_shadows))
     env = {
         PROGRESS_ENV: str(events_path),
@@ -93,11 +90,45 @@ def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = Tru
     }
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{output / 'mlflow.db'}"
+    return env
+
+
+def _watch(worker: threading.Thread, events_path: Path, bars: _Bars) -> list[dict]:
+    """Feed the bars from the progress file until the pipeline thread ends; returns every event."""
+    events: list[dict] = []
+    offset = 0
+    while True:
+        alive = worker.is_alive()
+        worker.join(timeout=0.5)
+        new, offset = read_events(events_path, offset)
+        for event in new:
+            bars.update(event)
+        events.extend(new)
+        if not alive:
+            return events
+
+
+def _failure(failure: BaseException, events: list[dict], log_path: Path) -> MemauditError:
+    """The one-line error of a failed run: the last task error reported, else the runner's own."""
+    errors = [e for e in events if e["event"] == "error"]
+    if errors:
+        return MemauditError(errors[-1]["message"], errors[-1].get("fix"))
+    return MemauditError(
+        f"the pipeline failed ({type(failure).__name__}: {str(failure)[:200]})", f"see the task logs in {log_path}"
+    )
+
+
+def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = True) -> LocalRun:
+    """Run the whole pipeline for ``cfg`` with outputs under ``output``; raises on a failed task."""
+    from kfp import local
+
+    output = Path(output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    log_path, events_path = output / "kfp.log", output / "progress.jsonl"
+    events_path.unlink(missing_ok=True)
     # no retries with back-off on this machine: a failed task is reported at once
-    local_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"retries": 0})})
-    pipeline = build_pipeline(local_cfg)
-    console = sys.stderr
-    bars = _Bars(cfg.shadows.n_shadows, console, progress)
+    pipeline = build_pipeline(cfg.model_copy(update={"run": cfg.run.model_copy(update={"retries": 0})}))
+    bars = _Bars(cfg.shadows.n_shadows, sys.stderr, progress)
     failure: list[BaseException] = []
     start = time.monotonic()
 
@@ -107,38 +138,18 @@ def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = Tru
         except BaseException as exc:  # reported by the watching thread
             failure.append(exc)
 
-    events: list[dict] = []
-    offset = 0
-    with (
-        scoped_env(env),
-        open(log_path, "a") as log,
-        contextlib.redirect_stdout(log),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
-        worker = threading.Thread(target=target, daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(timeout=0.5)
-            new, offset = read_events(events_path, offset)
-            for event in new:
-                bars.update(event)
-            events.extend(new)
-    new, offset = read_events(events_path, offset)
-    for event in new:
-        bars.update(event)
-    events.extend(new)
-    bars.close()
-    if failure:
-        errors = [e for e in events if e["event"] == "error"]
-        if errors:
-            raise MemauditError(errors[-1]["message"], errors[-1].get("fix"))
-        raise MemauditError(
-            f"the pipeline failed ({type(failure[0]).__name__}: {str(failure[0])[:200]})",
-            f"see the task logs in {log_path}",
-        )
-    return LocalRun(output=output, log=log_path, wall_s=time.monotonic() - start, events=events)
+    with scoped_env(_environment(cfg, output, events_path)):
+        with open(log_path, "a") as log, contextlib.redirect_stdout(log), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
+            worker = threading.Thread(target=target, daemon=True)
+            worker.start()
+            events = _watch(worker, events_path, bars)
+        bars.close()
+        if failure:
+            raise _failure(failure[0], events, log_path)
+        summary, report = collect_results(cfg, output)
+    return LocalRun(output, log_path, time.monotonic() - start, summary, report, events)
 
 
 def stage_table(events: list[dict]) -> str:
@@ -160,17 +171,3 @@ def stage_table(events: list[dict]) -> str:
             f"{stage:<10}{row['done']:>5}{row['skipped']:>9}{row['task_s']:>10.1f}s{row['last'] - row['first']:>7.1f}s"
         )
     return "\n".join(lines)
-
-
-def collect_outputs(cfg: ExperimentConfig, output: str | Path) -> tuple[dict, Path]:
-    """Copy the run's summary and report from the object store into ``output``; returns (summary, report path)."""
-    import json
-
-    from memaudit.storage import RunStorage, store_from_env
-
-    output = Path(output)
-    storage = RunStorage(store_from_env(output / "store"), cfg.fingerprint())
-    efp = cfg.evaluation_fingerprint()
-    summary_path = storage.store.get_file(f"{storage.layout.aggregate(efp)}/summary.json", output / "summary.json")
-    storage.store.get_dir(storage.layout.report(efp), output / "report")
-    return json.loads(summary_path.read_text()), output / "report" / "report.html"

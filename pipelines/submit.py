@@ -146,6 +146,23 @@ def _version_id(client, pipeline_id: str, name: str) -> str | None:
             return None
 
 
+def _upload(client, package: Path, version_name: str, namespace: str | None) -> tuple[str, str]:
+    """(pipeline id, version id): the pipeline is created once, a version only when the compiled spec changed."""
+    pipeline_id = _pipeline_id(client, namespace)
+    if pipeline_id is None:
+        pipeline = client.upload_pipeline(
+            str(package), pipeline_name=PIPELINE_NAME, description="memaudit audit pipeline", namespace=namespace
+        )
+        pipeline_id = pipeline.pipeline_id
+    version_id = _version_id(client, pipeline_id, version_name)
+    if version_id is None:
+        version = client.upload_pipeline_version(
+            str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id
+        )
+        version_id = version.pipeline_version_id
+    return pipeline_id, version_id
+
+
 def submit_run(
     cfg: ExperimentConfig,
     *,
@@ -161,29 +178,14 @@ def submit_run(
 
     namespace, token = resolve_namespace(namespace), resolve_token(token)
     _check_api(host, token)
+    run_name = run_name or f"{cfg.preset or 'audit'}-{cfg.fingerprint()}"
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "audit.yaml"
         compile_pipeline(cfg, package)
-        digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
-        version_name = f"{cfg.fingerprint()}-{digest}"
-        run_name = run_name or f"{cfg.preset or 'audit'}-{cfg.fingerprint()}"
+        version_name = f"{cfg.fingerprint()}-{hashlib.sha256(package.read_bytes()).hexdigest()[:12]}"
         try:
             client = _client(host, namespace, token)
-            pipeline_id = _pipeline_id(client, namespace)
-            if pipeline_id is None:
-                pipeline = client.upload_pipeline(
-                    str(package),
-                    pipeline_name=PIPELINE_NAME,
-                    description="memaudit audit pipeline",
-                    namespace=namespace,
-                )
-                pipeline_id = pipeline.pipeline_id
-            version_id = _version_id(client, pipeline_id, version_name)
-            if version_id is None:
-                version = client.upload_pipeline_version(
-                    str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id
-                )
-                version_id = version.pipeline_version_id
+            pipeline_id, version_id = _upload(client, package, version_name, namespace)
             exp = client.create_experiment(name=experiment or cfg.run.experiment, namespace=namespace)
             run = client.run_pipeline(
                 experiment_id=exp.experiment_id,

@@ -122,7 +122,7 @@ def _weed_binary() -> str:
 def _s3_ready(endpoint: str, access_key: str, secret_key: str, bucket: str) -> Callable[[], bool]:
     from minio import Minio
 
-    from memaudit.s3store import pool_manager
+    from memaudit.store.s3 import pool_manager
 
     client = Minio(
         endpoint.removeprefix("http://"),

@@ -4,14 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memaudit.aggregate import aggregate
 from memaudit.cli import main
 from memaudit.config import load_config
+from memaudit.data.poolfile import write_pool
 from memaudit.errors import MemauditError
 from memaudit.metrics import fpr_at_tpr, lira, logit_gap, prediction_checkpoint, roc
-from memaudit.pool import write_pool
-from memaudit.scorefile import read_scores, write_scores
-from memaudit.synthetic_scores import write_synthetic_scores
+from memaudit.stages.aggregate import aggregate
+from memaudit.stages.scorefile import read_scores, write_scores
+from memaudit.testing import write_synthetic_scores
 
 N_MODELS, N_SAMPLES = 16, 400
 

@@ -2,7 +2,7 @@ import stat
 
 import pytest
 
-from memaudit.atomic import atomic_path, write_bytes
+from memaudit.store.atomic import atomic_path, write_bytes
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):

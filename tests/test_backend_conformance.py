@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from memaudit.components.values import MAX_CURVE_POINTS, downsample_curve, kfp_metadata, kfp_metrics
-from memaudit.config import load_config, model_cache_size
-from memaudit.pipelines.audit import HF_CACHE
+from memaudit.config import load_config
+from memaudit.pipelines.audit import HF_CACHE, model_cache_size
 from memaudit.pipelines.compile import COMPILED, compile_pipeline
 from memaudit.pipelines.submit import BACKEND_FLOOR
 

@@ -4,7 +4,6 @@ import torch
 from scipy import stats as st
 from sklearn.decomposition import PCA
 
-from memaudit.errors import MemauditError
 from memaudit.metrics import attack_success_rate, counterfactual_memorization, logit_gap, mahalanobis
 
 
@@ -48,7 +47,7 @@ def test_mahalanobis_degenerate_inputs_are_finite():
     x[0] = 1e6
     x[1:10] = x[10]
     assert np.isfinite(mahalanobis(x, n_components=4)).all()
-    with pytest.raises(MemauditError, match="same d"):
+    with pytest.raises(ValueError, match=r"features \(100, 6\) and reference \(4, 2\)"):
         mahalanobis(x, reference=np.ones((4, 2)))
 
 
@@ -61,9 +60,9 @@ def test_logit_gap_by_hand():
 
 def test_logit_gap_rejects_bad_labels():
     z = np.array([[2.0, -np.inf]])
-    with pytest.raises(MemauditError, match="not finite"):
+    with pytest.raises(ValueError, match="not finite"):
         logit_gap(z, np.array([1]))
-    with pytest.raises(MemauditError, match="out of range"):
+    with pytest.raises(ValueError, match="out of range"):
         logit_gap(z, np.array([2]))
 
 

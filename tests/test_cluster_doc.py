@@ -23,7 +23,8 @@ import jsonschema
 import pytest
 import yaml
 
-from memaudit.config import Toleration, config_from_parameters, load_config, preset_dict
+from memaudit.config import Toleration, load_config, preset_dict
+from memaudit.tasks.prepare import config_from_parameters
 from tests.test_chart import ENGINE, SCHEMA, VALUES, _by_kind, _deep_merge, render
 
 ROOT = Path(__file__).resolve().parents[1]

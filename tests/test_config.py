@@ -3,13 +3,10 @@ import json
 import pytest
 
 from memaudit.cli import main
-from memaudit.config import (
-    config_from_parameters,
-    load_config,
-    preset_names,
-)
+from memaudit.config import load_config, preset_names
+from memaudit.config.presets import LORA_TARGETS, PAPER_LAYERS_32, PAPER_LAYERS_GEMMA
 from memaudit.errors import MemauditError
-from memaudit.presets import LORA_TARGETS, PAPER_LAYERS_32, PAPER_LAYERS_GEMMA
+from memaudit.tasks.prepare import config_from_parameters
 
 PAPER = ["arc-mistral", "ethics-mistral", "mmlu-mistral", "mmlu-llama", "mmlu-gemma"]
 

@@ -1,4 +1,4 @@
-"""The pool builder (METHOD §1) on small files in the upstream layouts, written by the tests."""
+"""The pool builder (docs/method.md §1) on small files in the upstream layouts, written by the tests."""
 
 import json
 import os
@@ -14,12 +14,12 @@ import pytest
 
 from memaudit.cli import main
 from memaudit.config import load_config
-from memaudit.data import build_pool, label_noise, pool_summary
+from memaudit.data.pool import build_pool, label_noise, pool_summary
+from memaudit.data.poolfile import read_pool, train_pool
+from memaudit.data.sources import SPECS, discover, load_split
+from memaudit.data.splits import read_membership
+from memaudit.data.templates import format_ethics, format_mcq
 from memaudit.errors import MemauditError
-from memaudit.pool import read_pool, train_pool
-from memaudit.sources import SPECS, discover, load_split
-from memaudit.splits import read_membership
-from memaudit.templates import format_ethics, format_mcq
 
 # ------------------------------------------------------------------------------------------------- file writers
 

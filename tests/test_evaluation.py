@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from memaudit.errors import MemauditError
 from memaudit.metrics import (
     auc,
     best_layer,
     evaluate,
     fpr_at_tpr,
     memorized,
+    memorized_threshold,
     off_the_shelf,
     prediction_checkpoint,
     roc,
@@ -40,14 +40,14 @@ def test_non_finite_scores_are_dropped():
     s = S.copy()
     s[1] = np.nan  # the negative at 7 disappears: the point (.25, .75) becomes (0, .75)
     assert fpr_at_tpr(Y, s, tpr=0.5) == 0.0
-    with pytest.raises(MemauditError, match="both positive and negative"):
+    with pytest.raises(ValueError, match="both positive and negative"):
         fpr_at_tpr(np.ones(3, dtype=bool), np.arange(3.0))
 
 
 @pytest.mark.parametrize(
     ("losses", "expected"),
     [
-        ([5.060, 0.313, 0.117, 0.0216, 0.0232, 0.00324], 2),  # ARC, METHOD §6.1: 0.4 epoch
+        ([5.060, 0.313, 0.117, 0.0216, 0.0232, 0.00324], 2),  # ARC, docs/method.md §6.1: 0.4 epoch
         ([3.754, 0.475, 0.181, 0.0552, 0.0162, 0.00981], 2),  # ETHICS: 0.4
         ([5.321, 0.0462, 0.00966, 0.00279, 0.00495, 0.00634], 1),  # MMLU-Mistral: 0.2
         ([6.000, 0.424, 0.0820, 0.0432, 0.0334, 0.0577], 2),  # MMLU-Llama: 0.4
@@ -73,15 +73,24 @@ def test_memorized_rules():
     llr = np.array([5.0, 1.0, 3.0, 3.0, -2.0, 0.0, 7.0, 2.0, 4.0, 6.0])
     np.testing.assert_array_equal(np.flatnonzero(memorized(llr, fraction=0.2)), [6, 9])  # quantile .8 = 6
     np.testing.assert_array_equal(np.flatnonzero(memorized(llr, rule="threshold", threshold=4)), [0, 6, 8, 9])
-    with pytest.raises(MemauditError, match="unknown memorization rule"):
+    with pytest.raises(ValueError, match="unknown memorization rule"):
         memorized(llr, rule="median")
 
 
 def test_best_layer():
     noise = np.array([3.0, 1, 2, 8, 5, 4, 7, 6])
-    index, fprs = best_layer(Y, np.stack([noise, S, -S]))
-    assert index == 1
-    np.testing.assert_array_equal(fprs, [fpr_at_tpr(Y, noise), 0.5, 1.0])
+    fprs = [fpr_at_tpr(Y, noise), fpr_at_tpr(Y, S), fpr_at_tpr(Y, -S)]
+    assert fprs[1:] == [0.5, 1.0] and fprs[0] > 0.5
+    assert best_layer(fprs) == 1
+    assert best_layer([0.3, None, 0.2, 0.2, np.nan]) == 2  # the first of ties; layers without a number skipped
+    assert best_layer([None, np.nan]) is None
+
+
+def test_memorized_threshold_is_what_memorized_uses():
+    llr = np.arange(20.0)
+    assert memorized_threshold(llr, fraction=0.1) == np.quantile(llr, 0.9)
+    assert memorized_threshold(llr, rule="threshold", threshold=4.0) == 4.0
+    np.testing.assert_array_equal(memorized(llr, fraction=0.1), llr >= np.quantile(llr, 0.9))
 
 
 @pytest.mark.parametrize("seed", range(5))

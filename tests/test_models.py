@@ -6,23 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import memaudit.models as models
+import memaudit.model.loading as loading
+import memaudit.model.tiny as tiny
 from memaudit.config import LoraSettings, ModelConfig, TinyModelConfig
 from memaudit.errors import MemauditError
-from memaudit.models import (
-    BUILT_MARKER,
-    apply_lora,
-    build_tiny_model,
-    ensure_base_model,
-    load_adapter_weights,
-    load_base_model,
-    load_tokenizer,
-    lora_parameter_count,
-    lora_state,
-    resolve_device,
-    save_adapter,
-)
-from memaudit.tokenization import build_word_tokenizer
+from memaudit.model.loading import load_base_model, load_tokenizer, resolve_device
+from memaudit.model.lora import apply_lora, load_adapter_weights, lora_parameter_count, lora_state, save_adapter
+from memaudit.model.tiny import BUILT_MARKER, build_tiny_model, build_word_tokenizer, ensure_base_model
 from tests.toy_pool import (
     TINY,
     one_torch_thread,  # noqa: F401 (autouse fixture)
@@ -80,14 +70,14 @@ def test_tiny_model_build_uses_the_folder_another_process_finished(cfg, corpus, 
     theirs = ensure_base_model(cfg.model, corpus, tmp_path)  # digest of cfg + corpus
     marker = (theirs / BUILT_MARKER).read_text() + "theirs"
     shutil.rmtree(theirs)
-    real = models.pretrain_causal_lm
+    real = tiny.pretrain_causal_lm
 
     def slow_pretrain(*args, **kwargs):  # meanwhile another process completes the same folder
         shutil.copytree(built, theirs)
         (theirs / BUILT_MARKER).write_text(marker)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models, "pretrain_causal_lm", slow_pretrain)
+    monkeypatch.setattr(tiny, "pretrain_causal_lm", slow_pretrain)
     assert ensure_base_model(cfg.model, corpus, tmp_path) == theirs
     assert (theirs / BUILT_MARKER).read_text() == marker
     assert [p.name for p in tmp_path.iterdir()] == [theirs.name]
@@ -141,7 +131,7 @@ def test_nf4_error_paths(cfg, built, monkeypatch):
         load_base_model(nf4, built, device="cpu")
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as when not installed
     with pytest.raises(MemauditError, match=r"needs bitsandbytes.*memaudit\[gpu\]"):
-        models._nf4_kwargs(torch.device("cuda"))
+        loading._nf4_kwargs(torch.device("cuda"))
 
 
 def test_resolve_device():

@@ -18,7 +18,7 @@ import pytest
 from minio import Minio
 
 from memaudit.progress import read_events
-from memaudit.storage import RunStorage, s3_store_from_env
+from memaudit.store import RunStorage, s3_store_from_env
 from tests.pipeline_config import small_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

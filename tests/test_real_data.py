@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from memaudit.config import load_config
-from memaudit.data import build_pool, pool_summary
+from memaudit.data.pool import build_pool, pool_summary
+from memaudit.data.sources import SPECS, load_split
 from memaudit.errors import MemauditError
-from memaudit.sources import SPECS, load_split
-from memaudit.tokenization import build_word_tokenizer, encode_samples, option_token_id
+from memaudit.model.tiny import build_word_tokenizer
+from memaudit.model.tokenization import encode_samples, option_token_id
 
 
 def _shared_data() -> Path | None:

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from memaudit.aggregate import aggregate
 from memaudit.cli import main
 from memaudit.config import load_config
 from memaudit.errors import MemauditError
-from memaudit.figures import (
+from memaudit.metrics import METRICS
+from memaudit.report.figures import (
     FIGURES,
     all_models_figure,
     label_noise_figure,
@@ -23,8 +23,10 @@ from memaudit.figures import (
     roc_figure,
     timeline_figure,
 )
-from memaudit.report import METRICS, load_aggregate, render_report
-from memaudit.synthetic_scores import write_synthetic_scores
+from memaudit.report.html import render_report
+from memaudit.report.outputs import load_aggregate
+from memaudit.stages.aggregate import aggregate
+from memaudit.testing import write_synthetic_scores
 
 LAYERS = (1, 2, 3)
 

@@ -5,14 +5,15 @@ import torch
 import torch.nn.functional as F
 
 from memaudit.cli import main
+from memaudit.data.poolfile import train_pool, validate_pool, write_pool
 from memaudit.errors import MemauditError
-from memaudit.forward import encode_frame
 from memaudit.metrics import mahalanobis, psmi
-from memaudit.models import apply_lora, load_adapter_weights, load_base_model, load_tokenizer
-from memaudit.pool import train_pool, validate_pool, write_pool
-from memaudit.score import score_shadow
-from memaudit.scorefile import REQUIRED, read_scores
-from memaudit.train import finetune
+from memaudit.model.loading import load_base_model, load_tokenizer
+from memaudit.model.lora import apply_lora, load_adapter_weights
+from memaudit.model.tokenization import encode_frame
+from memaudit.stages.finetune import finetune
+from memaudit.stages.score import score_shadow
+from memaudit.stages.scorefile import REQUIRED, read_scores
 from tests.toy_pool import (
     TOY_SETS,
     one_torch_thread,  # noqa: F401 (autouse fixture)

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 
 from memaudit.errors import MemauditError
-from memaudit.score_rows import PER_CHECKPOINT, read_score_rows, shadow_id
-from memaudit.scorefile import read_scores
-from memaudit.synthetic_scores import write_synthetic_scores
+from memaudit.stages.scorefile import PER_CHECKPOINT, read_score_rows, read_scores, shadow_id
+from memaudit.testing import write_synthetic_scores
 
 
 @pytest.fixture(scope="module")

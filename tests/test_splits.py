@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from memaudit.data.splits import membership_matrix, read_membership, write_membership
 from memaudit.errors import MemauditError
-from memaudit.splits import membership_matrix, read_membership, write_membership
 
 
 def test_paper_rows_are_the_reference_split_ids():

@@ -11,8 +11,7 @@ import pytest
 from urllib3.exceptions import ProtocolError
 
 from memaudit.errors import MemauditError
-from memaudit.objectstore import TMP_PREFIX
-from memaudit.storage import (
+from memaudit.store import (
     LocalStore,
     RunLayout,
     RunStorage,
@@ -21,6 +20,7 @@ from memaudit.storage import (
     store_for_uri,
     store_from_env,
 )
+from memaudit.store.base import TMP_PREFIX
 
 pytestmark = pytest.mark.integration
 

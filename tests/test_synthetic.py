@@ -7,11 +7,12 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from memaudit.config import SyntheticConfig, load_config
-from memaudit.data import build_pool
+from memaudit.data.pool import build_pool
+from memaudit.data.synthetic import CATEGORY_NAMES, _world, generate_items, pretraining_corpus
+from memaudit.data.templates import MCQ_TEMPLATES, format_mcq
 from memaudit.errors import MemauditError
-from memaudit.synthetic import CATEGORY_NAMES, _world, generate_items, pretraining_corpus
-from memaudit.templates import MCQ_TEMPLATES, format_mcq
-from memaudit.tokenization import build_word_tokenizer, encode_samples
+from memaudit.model.tiny import build_word_tokenizer
+from memaudit.model.tokenization import encode_samples
 
 
 def words(question):

@@ -8,10 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memaudit import shadow_tasks, tasks
 from memaudit.errors import MemauditError
 from memaudit.progress import read_events
-from memaudit.storage import LocalStore, RunStorage
+from memaudit.store import LocalStore, RunStorage
+from memaudit.tasks import aggregate as aggregate_tasks
+from memaudit.tasks.finetune import finetune_task
+from memaudit.tasks.prepare import prepare_task
+from memaudit.tasks.score import score_task
+from memaudit.tasks.split import split_task
 from tests.pipeline_config import small_config
 
 
@@ -35,16 +39,16 @@ def _events(path: Path) -> list[dict]:
 def _prepare(root: Path, cfg):
     art = root / "artifacts"
     art.mkdir(exist_ok=True)
-    result = tasks.prepare_task(
+    result = prepare_task(
         preset="", config_yaml=cfg.to_yaml(), overrides="", n_shadows=0, dataset="", model="", run_name="t",
         pool_path=str(art / "pool.parquet"), base_model_path=str(art / "base_model"),
     )  # fmt: skip
-    tasks.split_task(config_json=result.config_json, pool_path=str(art / "pool.parquet"), member_path=str(art / "m"))
+    split_task(config_json=result.config_json, pool_path=str(art / "pool.parquet"), member_path=str(art / "m"))
     return result, art
 
 
 def _finetune(result, art: Path, shadow: int):
-    return shadow_tasks.finetune_task(
+    return finetune_task(
         config_json=result.config_json, shadow=shadow, parent_run_id=result.parent_run_id,
         pool_path=str(art / "pool.parquet"), member_path=str(art / "m"), base_model_path=str(art / "base_model"),
         manifest_path=str(art / f"ckpts-{shadow}.json"),
@@ -52,7 +56,7 @@ def _finetune(result, art: Path, shadow: int):
 
 
 def _score(result, art: Path, shadow: int):
-    return shadow_tasks.score_task(
+    return score_task(
         config_json=result.config_json, shadow=shadow, pool_path=str(art / "pool.parquet"),
         member_path=str(art / "m"), base_model_path=str(art / "base_model"),
         checkpoints_manifest=str(art / f"ckpts-{shadow}.json"), manifest_path=str(art / f"scores-{shadow}.json"),
@@ -92,8 +96,8 @@ def test_finetune_score_seal_the_shadow_and_a_rerun_skips(env, monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("a complete shadow was trained again")
 
-    monkeypatch.setattr("memaudit.train.finetune", must_not_train)
-    monkeypatch.setattr("memaudit.score.score_shadow", must_not_train)
+    monkeypatch.setattr("memaudit.stages.finetune.finetune", must_not_train)
+    monkeypatch.setattr("memaudit.stages.score.score_shadow", must_not_train)
     _finetune(result, art, 1)
     _score(result, art, 1)
     last = [(e["stage"], e["event"]) for e in _events(env / "progress.jsonl")][-4:]
@@ -160,19 +164,19 @@ def test_corrupted_stored_checkpoint_is_refused_with_a_fix(env, monkeypatch):
 
 
 def test_headline_metrics_and_roc_for_the_kfp_ui(tmp_path):
-    from memaudit.aggregate import aggregate
-    from memaudit.synthetic_scores import write_synthetic_scores
+    from memaudit.stages.aggregate import aggregate
+    from memaudit.testing import write_synthetic_scores
 
     written = write_synthetic_scores(tmp_path / "s", n_models=6, n_samples=200)
     cfg = small_config("shadows.n_shadows=6")
     aggregate(cfg, written.paths, written.pool, tmp_path / "agg", progress=False)
     summary = json.loads((tmp_path / "agg" / "summary.json").read_text())
-    metrics = tasks._headline_metrics(summary)
+    metrics = aggregate_tasks.headline_metrics(summary)
     assert metrics["share_memorized"] == pytest.approx(summary["share_memorized"])
     best = f"psmi_L{summary['best_layer']['layer']}"
     assert metrics[f"predictors.{best}.target.auc"] == pytest.approx(summary["predictors"][best]["target"]["auc"])
     assert not any(k.endswith("tpr_at_fpr_1pct.std") for k in metrics)
-    fpr, tpr, thr = tasks._target_roc(tmp_path / "agg" / "roc.parquet", summary)
+    fpr, tpr, thr = aggregate_tasks._target_roc(tmp_path / "agg" / "roc.parquet", summary)
     assert fpr[0] == 0.0 and tpr[-1] == 1.0 and np.isfinite(thr).all() and len(fpr) == len(tpr) == len(thr)
 
 
@@ -181,4 +185,4 @@ def test_a_cluster_pod_without_object_store_is_refused(env, monkeypatch):
     monkeypatch.setenv("KFP_POD_NAME", "audit-xyz-finetune")
     cfg = small_config()
     with pytest.raises(MemauditError, match="no object store"):
-        tasks.split_task(config_json=json.dumps(cfg.to_dict()), pool_path="p", member_path="m")
+        split_task(config_json=json.dumps(cfg.to_dict()), pool_path="p", member_path="m")

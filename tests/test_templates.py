@@ -1,8 +1,8 @@
-"""Prompts must match the reference's templates exactly (METHOD §1.2)."""
+"""Prompts must match the reference's templates exactly (docs/method.md §1.2)."""
 
 import pytest
 
-from memaudit.templates import (
+from memaudit.data.templates import (
     ETHICS_AITA_TEMPLATES,
     ETHICS_TEMPLATES,
     MCQ_TEMPLATES,
@@ -12,7 +12,7 @@ from memaudit.templates import (
     options_block,
 )
 
-# Copied by hand from METHOD §1.2, independent of the module under test.
+# Copied by hand from docs/method.md §1.2, independent of the module under test.
 METHOD_MCQ = [
     "{question}\n\n{options_}\n",
     "Question: {question}\n\nAnswer:\n\n{options_}\n",

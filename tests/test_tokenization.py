@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from memaudit.errors import MemauditError
-from memaudit.tokenization import build_word_tokenizer, encode_samples, left_pad, option_token_id
+from memaudit.model.tiny import build_word_tokenizer
+from memaudit.model.tokenization import encode_samples, left_pad, option_token_id
 
 CORPUS = ["Question: which is red?\n\nOPTIONS:\n- A: sky\n- B: apple\n- C: grass\n- D: snow\n\nB 0 1 2 3 E"]
 

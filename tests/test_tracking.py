@@ -16,7 +16,7 @@ from memaudit import __version__
 from memaudit.config import load_config
 from memaudit.errors import MemauditError
 from memaudit.redact import is_secret_name
-from memaudit.storage import S3Store
+from memaudit.store import S3Store
 from memaudit.tracking import (
     code_version,
     config_params,

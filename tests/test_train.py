@@ -7,12 +7,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from memaudit.data.poolfile import train_pool
 from memaudit.errors import MemauditError
-from memaudit.forward import answer_forward, encode_frame
-from memaudit.models import apply_lora, load_base_model, load_tokenizer
-from memaudit.pool import train_pool
-from memaudit.schedule import COMPLETE_MARKER, STATE_FILE, checkpoint_schedule, steps_per_epoch
-from memaudit.train import LOG_FILE, finetune
+from memaudit.model.forward import answer_forward
+from memaudit.model.loading import load_base_model, load_tokenizer
+from memaudit.model.lora import apply_lora
+from memaudit.model.tokenization import encode_frame
+from memaudit.stages.finetune import finetune
+from memaudit.stages.schedule import checkpoint_schedule, steps_per_epoch
+from memaudit.store.layout import TRAIN_LOG as LOG_FILE
+from memaudit.store.layout import TRAINER_STATE as STATE_FILE
+from memaudit.store.seal import MARKER as COMPLETE_MARKER
 from tests.toy_pool import (
     one_torch_thread,  # noqa: F401 (autouse fixture)
     toy_base_model,
@@ -26,7 +31,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.mark.parametrize(
     ("n_members", "save", "epoch_steps"),
-    [(1000, 50, 250), (7940, 397, 1985), (15000, 750, 3750)],  # ARC, ETHICS, MMLU (METHOD §1.5, §3.4)
+    [(1000, 50, 250), (7940, 397, 1985), (15000, 750, 3750)],  # ARC, ETHICS, MMLU (docs/method.md §1.5, §3.4)
 )
 def test_paper_checkpoint_schedules(n_members, save, epoch_steps):
     schedule = checkpoint_schedule(n_members, 2, 2, 10, 5, 1)

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from memaudit.config import load_config
-from memaudit.models import ensure_base_model
-from memaudit.pool import inserted_labels, validate_pool
+from memaudit.data.poolfile import inserted_labels, validate_pool
+from memaudit.model.tiny import ensure_base_model
 
 CATEGORIES = {
     "A": ["red", "blue", "green"],

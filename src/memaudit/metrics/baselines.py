@@ -1,4 +1,4 @@
-"""Baseline memorization predictors and the population ("static") metrics (METHOD §5.5–5.6).
+"""Baseline memorization predictors and the population ("static") metrics (docs/method.md §5.5–5.6).
 
 Predictor signs (higher = more likely memorized): +loss, −logit gap, +Mahalanobis distance.
 """
@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from memaudit.errors import MemauditError
 from memaudit.metrics.lira import check_stats, gaussian_llr, gaussians, moments, variance_floor
-from memaudit.metrics.psmi import _as_float64
+from memaudit.metrics.numeric import as_float64
 
 
 def logit_gap(option_logits: np.ndarray, label_index: np.ndarray) -> np.ndarray:
@@ -18,21 +17,19 @@ def logit_gap(option_logits: np.ndarray, label_index: np.ndarray) -> np.ndarray:
 
     Absent options are −inf and never win the max. Rule for a sample without any competing option: its gap is 0
     (a constant in every model, so it carries no membership signal and its LiRA score is 0). A label pointing at
-    an absent option, or a NaN logit, raises :class:`MemauditError`.
+    an absent option, or a NaN logit, raises ValueError.
     """
     z = np.asarray(option_logits, dtype=np.float64)
     y = np.asarray(label_index, dtype=np.int64)
     if z.ndim < 1 or y.shape != z.shape[:-1]:
-        raise MemauditError(
-            f"logit_gap got logits of shape {z.shape} and labels of shape {y.shape}", "pass logits [..., K]"
-        )
+        raise ValueError(f"logit_gap got logits of shape {z.shape} and labels of shape {y.shape}")
     if ((y < 0) | (y >= z.shape[-1])).any():
-        raise MemauditError("label_index out of range of the option logits", "check the score file's label_index")
+        raise ValueError("label_index out of range of the option logits")
     if np.isnan(z).any():
-        raise MemauditError("option logits contain NaN", "re-run the score stage (the model may have diverged)")
+        raise ValueError("option logits contain NaN")
     own = np.take_along_axis(z, y[..., None], axis=-1)[..., 0]
     if not np.isfinite(own).all():
-        raise MemauditError("the inserted label's option logit is not finite", "check label_index against options")
+        raise ValueError("the inserted label's option logit is not finite")
     others = z.copy()
     np.put_along_axis(others, y[..., None], -np.inf, axis=-1)
     best_other = others.max(axis=-1)
@@ -56,16 +53,13 @@ def mahalanobis(
     reference points give distance 0. Exact eigen-decomposition (no randomized SVD), float64, torch on ``device``.
     """
     if n_components < 1:
-        raise MemauditError(f"Mahalanobis needs n_components >= 1, got {n_components}", "raise n_components")
-    x = _as_float64(features, device)
-    ref = x if reference is None else _as_float64(reference, x.device)
+        raise ValueError(f"Mahalanobis needs n_components >= 1, got {n_components}")
+    x = as_float64(features, device)
+    ref = x if reference is None else as_float64(reference, x.device)
     if x.ndim != 2 or ref.ndim != 2 or x.shape[1] != ref.shape[1] or ref.shape[0] == 0:
-        raise MemauditError(
-            f"Mahalanobis got features {tuple(x.shape)} and reference {tuple(ref.shape)}",
-            "pass [N, d] arrays with the same d and a non-empty reference",
-        )
+        raise ValueError(f"Mahalanobis got features {tuple(x.shape)} and reference {tuple(ref.shape)}")
     if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(ref).all())):
-        raise MemauditError("Mahalanobis got NaN or infinite features", "check the hidden states passed to it")
+        raise ValueError("Mahalanobis got NaN or infinite features")
     mu = ref.mean(dim=0)
     rc = ref - mu
     n, dim = rc.shape
@@ -94,7 +88,7 @@ def counterfactual_memorization(stats: np.ndarray, member: np.ndarray) -> np.nda
 
 
 def attack_success_rate(stats: np.ndarray, member: np.ndarray, *, global_variance: bool = False) -> np.ndarray:
-    """Per-sample success rate of the population LiRA attack (static ``memo_mia``, METHOD §5.6) → float64 [N].
+    """Per-sample success rate of the population LiRA attack (static ``memo_mia``, docs/method.md §5.6) → float64 [N].
 
     φ_in and φ_out are fitted per sample on ALL models ``stats``/``member`` [M, N] (the reference dropped model 0
     from φ_out), with the moments and fallback rule of :mod:`memaudit.metrics.lira`; model m is predicted IN

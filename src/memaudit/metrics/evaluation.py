@@ -1,4 +1,4 @@
-"""Evaluation of memorization predictors against the LiRA ground truth (METHOD §6.1).
+"""Evaluation of memorization predictors against the LiRA ground truth (docs/method.md §6.1).
 
 Scores are oriented "higher = more likely memorized" (−P-SMI, +loss, −logit gap, +Mahalanobis, +early LiRA).
 As in the paper's protocol (step 3), samples whose score is NaN or infinite are dropped before the ROC.
@@ -10,11 +10,10 @@ tie-heavy data); it skips sklearn's input validation, which took 2/3 of the time
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from memaudit.errors import MemauditError
 
 
 @dataclass(frozen=True)
@@ -43,14 +42,11 @@ def roc(is_positive: np.ndarray, score: np.ndarray) -> Roc:
     y = np.asarray(is_positive, dtype=bool)
     s = np.asarray(score, dtype=np.float64)
     if y.shape != s.shape or y.ndim != 1:
-        raise MemauditError(f"ROC got labels {y.shape} and scores {s.shape}", "pass two [N] arrays")
+        raise ValueError(f"ROC got labels {y.shape} and scores {s.shape}")
     keep = np.isfinite(s)
     y, s = y[keep], s[keep]
     if y.all() or not y.any():
-        raise MemauditError(
-            "ROC needs both positive and negative samples with finite scores",
-            "check the memorization rule (evaluation.memorized_*) and the predictor values",
-        )
+        raise ValueError("ROC needs both positive and negative samples with finite scores")
     order = np.argsort(s)[::-1]  # ties share one ROC point, so their order does not matter
     s, y = s[order], y[order]
     ends = np.append(np.flatnonzero(np.diff(s)), s.size - 1)  # last index of each distinct score
@@ -78,57 +74,65 @@ def auc(is_positive: np.ndarray, score: np.ndarray) -> float:
     return roc(is_positive, score).auc()
 
 
+METRICS = ("fpr_at_tpr", "auc", "tpr_at_fpr_1pct", "tpr_at_fpr_0.1pct")  # the keys of evaluate()
+
+
 def evaluate(is_positive: np.ndarray, score: np.ndarray, *, tpr: float = 0.75) -> dict[str, float]:
-    """The reported numbers of one predictor: FPR@TPR, AUC, TPR at FPR 1 % and 0.1 %."""
+    """The reported numbers of one predictor (:data:`METRICS`): FPR@TPR, AUC, TPR at FPR 1 % and 0.1 %."""
     curve = roc(is_positive, score)
-    return {
-        "fpr_at_tpr": curve.fpr_at_tpr(tpr),
-        "auc": curve.auc(),
-        "tpr_at_fpr_1pct": curve.tpr_at_fpr(0.01),
-        "tpr_at_fpr_0.1pct": curve.tpr_at_fpr(0.001),
-    }
+    values = (curve.fpr_at_tpr(tpr), curve.auc(), curve.tpr_at_fpr(0.01), curve.tpr_at_fpr(0.001))
+    return dict(zip(METRICS, values, strict=True))
 
 
 def off_the_shelf(is_memorized: np.ndarray, psmi_values: np.ndarray) -> tuple[float, float]:
-    """(FPR, TPR) of the rule "memorized iff P-SMI < 0" (METHOD §6.1 step 6; applied directly rather than as the
+    """(FPR, TPR) of the rule "memorized iff P-SMI < 0" (docs/method.md §6.1 step 6; applied directly rather than as the
     first ROC threshold below 0 of −P-SMI, which also counts the largest negative score's ties)."""
     y = np.asarray(is_memorized, dtype=bool)
     p = np.asarray(psmi_values, dtype=np.float64)
     keep = np.isfinite(p)
     y, predicted = y[keep], p[keep] < 0
     if y.all() or not y.any():
-        raise MemauditError("the off-the-shelf point needs memorized and non-memorized samples", "check the rule")
+        raise ValueError("the off-the-shelf point needs memorized and non-memorized samples")
     return float(predicted[~y].mean()), float(predicted[y].mean())
 
 
-def memorized(llr: np.ndarray, *, rule: str = "top_fraction", fraction: float = 0.10, threshold: float = 4.0):
-    """Memorized flags from LiRA scores of one model's members: the top ``fraction`` (``llr ≥`` its
-    1 − fraction quantile, ties included, as the paper) or ``llr ≥ threshold``."""
+def memorized_threshold(llr: np.ndarray, *, rule: str = "top_fraction", fraction: float = 0.10, threshold: float = 4.0):
+    """The LiRA value from which one model's member counts as memorized: the 1 − ``fraction`` quantile of its
+    members' scores (rule ``top_fraction``, the paper's) or the fixed ``threshold`` (rule ``threshold``)."""
     llr = np.asarray(llr, dtype=np.float64)
     if llr.size == 0:
-        raise MemauditError("no member to rank for memorization", "check the score files' member arrays")
+        raise ValueError("no member to rank for memorization")
     if rule == "top_fraction":
-        return llr >= np.quantile(llr, 1 - fraction)
+        return float(np.quantile(llr, 1 - fraction))
     if rule == "threshold":
-        return llr >= threshold
-    raise MemauditError(f"unknown memorization rule {rule!r}", "use 'top_fraction' or 'threshold'")
+        return float(threshold)
+    raise ValueError(f"unknown memorization rule {rule!r}")
+
+
+def memorized(llr: np.ndarray, *, rule: str = "top_fraction", fraction: float = 0.10, threshold: float = 4.0):
+    """Memorized flags from LiRA scores of one model's members: ``llr ≥`` :func:`memorized_threshold` (ties
+    included, as the paper)."""
+    llr = np.asarray(llr, dtype=np.float64)
+    return llr >= memorized_threshold(llr, rule=rule, fraction=fraction, threshold=threshold)
 
 
 def prediction_checkpoint(median_member_loss: np.ndarray, ratio: float = 0.05) -> tuple[int, bool]:
     """Index of the first checkpoint whose median member loss is below ``ratio`` × that of the first checkpoint
-    (METHOD §6.1 step 7), and whether it was found. Fallback when none is: the checkpoint with the lowest median
+    (docs/method.md §6.1 step 7), and whether it was found. Fallback when none is: the checkpoint with the lowest median
     loss (the earliest of ties), returned with ``False``."""
     losses = np.asarray(median_member_loss, dtype=np.float64)
     if losses.ndim != 1 or losses.size == 0 or not np.isfinite(losses).all():
-        raise MemauditError("c_pred needs one finite median loss per checkpoint", "check the score files' loss")
+        raise ValueError("c_pred needs one finite median loss per checkpoint")
     below = np.flatnonzero(losses < ratio * losses[0])
     if below.size:
         return int(below[0]), True
     return int(np.argmin(losses)), False
 
 
-def best_layer(is_positive: np.ndarray, scores_by_layer: np.ndarray, *, tpr: float = 0.75) -> tuple[int, np.ndarray]:
-    """Index of the layer with the lowest FPR@TPR (the first of ties), and every layer's FPR@TPR;
-    ``scores_by_layer`` is [L, N], oriented."""
-    fprs = np.array([fpr_at_tpr(is_positive, s, tpr) for s in np.asarray(scores_by_layer)])
-    return int(np.argmin(fprs)), fprs
+def best_layer(fpr_by_layer: Sequence[float | None]) -> int | None:
+    """Index of the layer with the lowest FPR@TPR (the first of ties); layers without a number (None or NaN)
+    are skipped; None when no layer has one."""
+    values = np.array([np.nan if v is None else v for v in fpr_by_layer], dtype=np.float64)
+    if not np.isfinite(values).any():
+        return None
+    return int(np.nanargmin(np.where(np.isfinite(values), values, np.nan)))

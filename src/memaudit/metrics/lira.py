@@ -1,4 +1,4 @@
-"""LiRA membership scores against a shadow population (METHOD §5.4): the memorization ground truth.
+"""LiRA membership scores against a shadow population (docs/method.md §5.4): the memorization ground truth.
 
 For each sample i, the shadows split into IN_i (trained on i) and OUT_i. Online LiRA is the log-likelihood ratio
 
@@ -30,8 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
-from memaudit.errors import MemauditError
-
 _REL_FLOOR = 1e-12
 
 
@@ -52,15 +50,13 @@ def check_stats(stats: np.ndarray, member: np.ndarray, what: str) -> tuple[np.nd
     stats = np.asarray(stats, dtype=np.float64)
     member = np.asarray(member)
     if stats.ndim != 2 or member.shape != stats.shape or stats.shape[0] == 0:
-        raise MemauditError(
-            f"{what} got statistics {stats.shape} and membership {member.shape}", "pass two [models, samples] arrays"
-        )
+        raise ValueError(f"{what} got statistics {stats.shape} and membership {member.shape}")
     if member.dtype != np.bool_:
         if not np.isin(member, (0, 1)).all():
-            raise MemauditError(f"{what} membership is not boolean", "pass a bool [models, samples] array")
+            raise ValueError(f"{what} membership is not boolean")
         member = member.astype(bool)
     if not np.isfinite(stats).all():
-        raise MemauditError(f"{what} got NaN or infinite statistics", "check the score files' logits")
+        raise ValueError(f"{what} got NaN or infinite statistics")
     return stats, member
 
 
@@ -154,10 +150,7 @@ def lira(
     stats, member = check_stats(shadow_stats, shadow_member, "LiRA")
     x = np.asarray(target_stat, dtype=np.float64)
     if x.shape[-1:] != stats.shape[1:] or x.ndim not in (1, 2) or not np.isfinite(x).all():
-        raise MemauditError(
-            f"LiRA got a target statistic of shape {x.shape} for {stats.shape[1]} samples (or non-finite)",
-            "pass one finite value per sample",
-        )
+        raise ValueError(f"LiRA got a target statistic of shape {x.shape} for {stats.shape[1]} samples (or non-finite)")
     if x.ndim == 1:
         floor: float | np.ndarray = variance_floor(x, stats)
     else:
@@ -190,7 +183,7 @@ def lira_loo(
     population moments are computed once and model m's value is removed from them, ``block`` models at a time."""
     stats, member = check_stats(stats, member, "LiRA")
     if stats.shape[0] < 2:
-        raise MemauditError("leave-one-out LiRA needs at least 2 models", "score more shadows")
+        raise ValueError("leave-one-out LiRA needs at least 2 models")
     targets = stats if target_stats is None else check_stats(target_stats, member, "LiRA")[0]
     full = moments(stats, member)
     if target_stats is None:

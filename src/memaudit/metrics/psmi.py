@@ -1,4 +1,4 @@
-"""Pointwise sliced mutual information (P-SMI) between hidden states and training labels (METHOD §5.2).
+"""Pointwise sliced mutual information (P-SMI) between hidden states and training labels (docs/method.md §5.2).
 
 P-SMI(i) = mean over K random unit directions θ_k of
 
@@ -8,7 +8,7 @@ with per-class Gaussians fitted, per direction, on the very samples that are sco
 and p_c the label frequencies. Low P-SMI ⇒ the representation does not support its label ⇒ more likely
 memorized (the predictor is −P-SMI).
 
-Departures from the reference code (METHOD §10.2), all deliberate:
+Departures from the reference code (docs/method.md §10.2), all deliberate:
 
 - The directions are seeded (``numpy.random.default_rng(seed)``, N(0, I) rows normalised to unit length) and
   drawn on the CPU block by block from one stream, so the result does not depend on the device or the batch size.
@@ -20,7 +20,7 @@ Departures from the reference code (METHOD §10.2), all deliberate:
   samples along it (duplicated points otherwise give σ = 0). If every sample projects to the same value along a
   direction, all σ are set to 1 there, which gives P-SMI 0 along it.
 - A class with a single sample (the paper raises) borrows the pooled within-class variance of the classes that
-  have ≥ 2 samples; its mean is the sample itself. If no class has 2 samples, :class:`MemauditError`.
+  have ≥ 2 samples; its mean is the sample itself. If no class has 2 samples, ValueError.
 - The std over directions (``return_std=True``, ddof 0 as ``np.std``) uses the same directions as the mean; the
   reference recomputed it with fresh directions.
 """
@@ -32,24 +32,9 @@ import math
 import numpy as np
 import torch
 
-from memaudit.errors import MemauditError
+from memaudit.metrics.numeric import as_float64, shares_memory
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def _as_float64(features: np.ndarray | torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
-    """float64 tensor on ``device`` (None: where the features are, CPU for numpy; "auto": CUDA when present)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if isinstance(features, torch.Tensor):
-        return features.detach().to(device=device or features.device, dtype=torch.float64)
-    return torch.as_tensor(np.asarray(features), dtype=torch.float64, device=device or "cpu")
-
-
-def _shares_memory(x: torch.Tensor, source: np.ndarray | torch.Tensor) -> bool:
-    if isinstance(source, torch.Tensor):
-        return x.data_ptr() == source.data_ptr()
-    return isinstance(source, np.ndarray) and x.device.type == "cpu" and np.shares_memory(x.numpy(), source)
 
 
 def _label_codes(labels: np.ndarray | torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +43,7 @@ def _label_codes(labels: np.ndarray | torch.Tensor, n: int) -> tuple[np.ndarray,
         labels = labels.detach().cpu().numpy()
     labels = np.asarray(labels)
     if labels.shape != (n,):
-        raise MemauditError(f"P-SMI got labels of shape {labels.shape} for {n} samples", "pass one label per row")
+        raise ValueError(f"P-SMI got labels of shape {labels.shape} for {n} samples")
     _, codes = np.unique(labels, return_inverse=True)
     return codes.astype(np.int64), np.bincount(codes).astype(np.int64)
 
@@ -67,7 +52,7 @@ def _normalised(x: torch.Tensor, owned: bool) -> torch.Tensor:
     """Centre and divide by the overall RMS (P-SMI is invariant to both; keeps magnitudes near 1).
     ``owned``: ``x`` is a private copy, so it is modified in place (saves one N × d float64 buffer)."""
     if not bool(torch.isfinite(x).all()):
-        raise MemauditError("P-SMI got NaN or infinite features", "check the hidden states passed to it")
+        raise ValueError("P-SMI got NaN or infinite features")
     mean = x.mean(dim=0, keepdim=True)
     x = x.sub_(mean) if owned else x - mean
     rms = float(torch.linalg.vector_norm(x)) / math.sqrt(x.numel())
@@ -103,6 +88,36 @@ def _pmi_block(
     return own - torch.logsumexp(logpdf, dim=0)
 
 
+class _Running:
+    """Sum over directions, and (Chan et al.'s pairwise update) mean and squared deviations, block by block."""
+
+    def __init__(self, n: int, device: torch.device, with_std: bool):
+        self.total, self.mean, self.m2 = (torch.zeros(n, dtype=torch.float64, device=device) for _ in range(3))
+        self.done, self.with_std = 0, with_std
+
+    def add(self, pmi: torch.Tensor) -> None:
+        size = pmi.shape[1]
+        self.total += pmi.sum(dim=1)
+        if self.with_std:
+            block_mean = pmi.mean(dim=1)
+            block_m2 = ((pmi - block_mean[:, None]) ** 2).sum(dim=1)
+            delta = block_mean - self.mean
+            self.m2 += block_m2 + delta * delta * (self.done * size / (self.done + size))
+            self.mean += delta * (size / (self.done + size))
+        self.done += size
+
+
+def _classes(labels: np.ndarray | torch.Tensor, n: int, dev: torch.device):
+    """(codes, counts, one-hot, log prior) of the labels as float64 tensors on ``dev``."""
+    codes_np, counts_np = _label_codes(labels, n)
+    if not (counts_np >= 2).any():
+        raise ValueError("P-SMI needs a class with at least 2 samples")
+    codes = torch.as_tensor(codes_np, device=dev)
+    counts = torch.as_tensor(counts_np, dtype=torch.float64, device=dev)
+    onehot = torch.nn.functional.one_hot(codes, counts_np.shape[0]).to(torch.float64)
+    return codes, counts, onehot, (counts / n).log()
+
+
 def psmi(
     features: np.ndarray | torch.Tensor,
     labels: np.ndarray | torch.Tensor,
@@ -123,45 +138,26 @@ def psmi(
     module docstring for the rules.
     """
     if n_directions < 1:
-        raise MemauditError(f"P-SMI needs at least one direction, got {n_directions}", "set n_directions >= 1")
-    x = _as_float64(features, device)
+        raise ValueError(f"P-SMI needs at least one direction, got {n_directions}")
+    x = as_float64(features, device)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise MemauditError(f"P-SMI got features of shape {tuple(x.shape)}", "pass a non-empty [N, d] array")
-    owned = not _shares_memory(x, features)
+        raise ValueError(f"P-SMI got features of shape {tuple(x.shape)}")
+    owned = not shares_memory(x, features)
     n, dim = x.shape
-    codes_np, counts_np = _label_codes(labels, n)
-    if not (counts_np >= 2).any():
-        raise MemauditError("P-SMI needs a class with at least 2 samples", "score more samples per label")
+    codes, counts, onehot, log_prior = _classes(labels, n, x.device)
     x = _normalised(x, owned)
-    dev = x.device
-    codes = torch.as_tensor(codes_np, device=dev)
-    counts = torch.as_tensor(counts_np, dtype=torch.float64, device=dev)
-    onehot = torch.nn.functional.one_hot(codes, counts_np.shape[0]).to(torch.float64)
-    log_prior = (counts / n).log()
     if batch_size is None:
-        batch_size = max(1, int(max_block_bytes // (8 * n * (3 * counts_np.shape[0] + 6))))
+        batch_size = max(1, int(max_block_bytes // (8 * n * (3 * counts.shape[0] + 6))))
     rng = np.random.default_rng(seed)
-    total = torch.zeros(n, dtype=torch.float64, device=dev)
-    mean = torch.zeros(n, dtype=torch.float64, device=dev)
-    m2 = torch.zeros(n, dtype=torch.float64, device=dev)
-    done = 0
-    while done < n_directions:
-        size = min(batch_size, n_directions - done)
-        theta = rng.standard_normal((size, dim))
+    running = _Running(n, x.device, return_std)
+    while running.done < n_directions:
+        theta = rng.standard_normal((min(batch_size, n_directions - running.done), dim))
         theta /= np.linalg.norm(theta, axis=1, keepdims=True)
-        z = x @ torch.as_tensor(theta, device=dev).T
-        pmi = _pmi_block(z, codes, onehot, counts, log_prior, variance_floor)
-        total += pmi.sum(dim=1)
-        if return_std:  # Chan et al.'s pairwise update of mean and sum of squared deviations
-            block_mean = pmi.mean(dim=1)
-            block_m2 = ((pmi - block_mean[:, None]) ** 2).sum(dim=1)
-            delta = block_mean - mean
-            m2 += block_m2 + delta * delta * (done * size / (done + size))
-            mean += delta * (size / (done + size))
-        done += size
-    result = (total / n_directions).cpu().numpy()
+        z = x @ torch.as_tensor(theta, device=x.device).T
+        running.add(_pmi_block(z, codes, onehot, counts, log_prior, variance_floor))
+    result = (running.total / n_directions).cpu().numpy()
     if return_std:
-        return result, (m2 / n_directions).sqrt().cpu().numpy()
+        return result, (running.m2 / n_directions).sqrt().cpu().numpy()
     return result
 
 
@@ -169,5 +165,5 @@ def psmi_slope(psmi_by_checkpoint: np.ndarray) -> np.ndarray:
     """P-SMI(c) − P-SMI(checkpoint 0) along the first axis (``PSmiSlopeMetrics``); shape kept, float64."""
     values = np.asarray(psmi_by_checkpoint, dtype=np.float64)
     if values.ndim == 0 or values.shape[0] == 0:
-        raise MemauditError("psmi_slope needs values for at least checkpoint 0", "pass a [C, ...] array")
+        raise ValueError("psmi_slope needs values for at least checkpoint 0")
     return values - values[:1]

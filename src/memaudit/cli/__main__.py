@@ -1,0 +1,5 @@
+"""``python -m memaudit.cli``: the same as the ``memaudit`` command."""
+
+from memaudit.cli.app import main
+
+main()

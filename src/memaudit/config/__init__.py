@@ -1,0 +1,57 @@
+"""The settings of an audit: the pydantic model (settings), the presets, fingerprints and the one loader."""
+
+from memaudit.config.loader import (
+    OVERRIDE_SEPARATOR,
+    apply_override,
+    config_from_dict,
+    load_config,
+    preset_descriptions,
+    preset_dict,
+    preset_names,
+    read_config_file,
+    split_overrides,
+)
+from memaudit.config.presets import TINY_MODEL
+from memaudit.config.settings import (
+    CheckpointConfig,
+    DatasetConfig,
+    EvaluationConfig,
+    ExperimentConfig,
+    LoraSettings,
+    ModelConfig,
+    ResourceRequest,
+    RunConfig,
+    ScoringConfig,
+    ShadowsConfig,
+    SyntheticConfig,
+    TinyModelConfig,
+    Toleration,
+    TrainingConfig,
+)
+
+__all__ = [
+    "OVERRIDE_SEPARATOR",
+    "TINY_MODEL",
+    "CheckpointConfig",
+    "DatasetConfig",
+    "EvaluationConfig",
+    "ExperimentConfig",
+    "LoraSettings",
+    "ModelConfig",
+    "ResourceRequest",
+    "RunConfig",
+    "ScoringConfig",
+    "ShadowsConfig",
+    "SyntheticConfig",
+    "TinyModelConfig",
+    "Toleration",
+    "TrainingConfig",
+    "apply_override",
+    "config_from_dict",
+    "load_config",
+    "preset_descriptions",
+    "preset_dict",
+    "preset_names",
+    "read_config_file",
+    "split_overrides",
+]

@@ -1,0 +1,320 @@
+"""The figures of one run (docs/method.md §7), drawn from the aggregate stage's outputs.
+
+Each figure function takes the checked :class:`memaudit.report.outputs.AggregateOutputs` and returns a matplotlib
+:class:`~matplotlib.figure.Figure` built without pyplot (no global state) under matplotlib's default style, so the
+result does not depend on the user's matplotlibrc. Plotted artists carry a ``gid`` naming what they show
+(a predictor, ``threshold``, ``c_pred``…), so tests and readers can find them. :func:`png_bytes` renders with
+the Agg backend and no metadata: same inputs → byte-identical PNGs.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable
+
+import matplotlib
+import matplotlib.style
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from memaudit.metrics import Predictor
+from memaudit.report.outputs import AggregateOutputs, kind_name, pretty_name
+
+DPI = 110
+_COLORS = {"psmi": "C0", "loss": "C1", "logit_gap": "C2", "mahalanobis": "C4", "early_lira": "C7"}
+_RC = {"font.size": 9.5, "axes.titlesize": 10.5, "legend.fontsize": 8.5, "axes.grid": True, "grid.alpha": 0.3}
+
+
+def _color(predictor: str) -> str:
+    return _COLORS[Predictor.parse(predictor).kind]
+
+
+def _styled(make: Callable[[AggregateOutputs], Figure]) -> Callable[[AggregateOutputs], Figure]:
+    """Build the figure under matplotlib's defaults plus this module's few settings."""
+
+    @functools.wraps(make)
+    def wrapper(data: AggregateOutputs) -> Figure:
+        with matplotlib.style.context("default"), matplotlib.rc_context(_RC):
+            fig = make(data)
+            FigureCanvasAgg(fig)
+            return fig
+
+    return wrapper
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (Agg, fixed DPI, no metadata)."""
+    buffer = io.BytesIO()
+    with matplotlib.style.context("default"), matplotlib.rc_context(_RC):
+        FigureCanvasAgg(fig).print_figure(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _c_pred_text(data: AggregateOutputs) -> str:
+    c = data.summary["c_pred"]
+    return f"c_pred = step {c['step']} (epoch {c['epoch']:g})"
+
+
+@_styled
+def roc_figure(data: AggregateOutputs) -> Figure:
+    """Figure 1 / teaser: ROC of every headline predictor of the target at c_pred, chance diagonal, and the
+    off-the-shelf point (last-layer P-SMI < 0)."""
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.add_subplot()
+    tpr = data.tpr_target
+    for name in data.headline():
+        curve = data.roc[data.roc["predictor"] == name]
+        numbers = data.target_numbers(name)
+        label = f"{pretty_name(name)}: FPR@TPR={tpr:g} {numbers['fpr_at_tpr']:.3f}, AUC {numbers['auc']:.3f}"
+        style = "--" if name == "early_lira" else "-"
+        ax.plot(curve["fpr"], curve["tpr"], style, color=_color(name), lw=1.6, label=label, gid=name)
+    ots = data.summary["off_the_shelf"]
+    ax.plot(
+        [ots["fpr"]],
+        [ots["tpr"]],
+        "x",
+        color="C3",
+        ms=11,
+        mew=2.5,
+        gid="off_the_shelf",
+        label=f"P-SMI < 0, layer {ots['layer']} (off the shelf): FPR {ots['fpr']:.3f}, TPR {ots['tpr']:.3f}",
+    )
+    ax.plot([0, 1], [0, 1], ":", color="k", lw=1, label="chance", gid="chance")
+    ax.axhline(tpr, color="0.5", lw=0.8, ls="-.", gid="tpr_target")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title(f"Predicting memorized samples of model {data.summary['target']} at {_c_pred_text(data)}")
+    ax.legend(loc="lower right")
+    return fig
+
+
+@_styled
+def lira_histogram_figure(data: AggregateOutputs) -> Figure:
+    """ablation_memo_hist: the target members' LiRA log-likelihood ratios (final checkpoint) and the
+    memorized threshold."""
+    s = data.summary
+    members = data.samples["member"].to_numpy(dtype=bool)
+    llr = data.samples["lira"].to_numpy(dtype=np.float64)[members]
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    above = llr >= data.memorized_threshold
+    ax.hist(
+        [llr[~above], llr[above]],
+        bins=np.histogram_bin_edges(llr, bins=100),
+        stacked=True,
+        color=["C0", "C3"],
+        alpha=0.8,
+        label=["not memorized", "memorized"],
+        gid="lira",
+    )
+    ax.axvline(
+        data.memorized_threshold,
+        color="k",
+        ls="--",
+        lw=1.2,
+        gid="threshold",
+        label=f"threshold: LLR ≥ {data.memorized_threshold:.3g}",
+    )
+    ax.set(xlabel="LiRA log-likelihood ratio (final checkpoint)", ylabel="target members")
+    ax.set_title(
+        f"Memorization of model {s['target']}: {s['n_memorized']} of {s['n_members']} members "
+        f"({s['share_memorized']:.1%}) memorized"
+    )
+    ax.legend(loc="upper right")
+    return fig
+
+
+def _loss_axis(ax, data: AggregateOutputs):
+    """A twin axis of the median member (and test) loss per checkpoint, with the c_pred rule's level."""
+    twin = ax.twinx()
+    twin.grid(False)
+    steps = data.timeline.drop_duplicates("checkpoint").sort_values("epoch")
+    style = {"ms": 3.5}
+    twin.plot(steps["epoch"], steps["median_member_loss"], "s--", color="0.45", gid="median_member_loss",
+              label="median member loss", **style)  # fmt: skip
+    if steps["median_test_loss"].notna().any():
+        twin.plot(steps["epoch"], steps["median_test_loss"], "^:", color="0.65", gid="median_test_loss",
+                  label="median test loss", **style)  # fmt: skip
+    if data.c_pred_level is not None:
+        twin.axhline(data.c_pred_level, color="0.45", lw=0.8, ls="-.", gid="c_pred_level",
+                     label="c_pred rule: median member loss below this")  # fmt: skip
+    if (steps["median_member_loss"].to_numpy(dtype=np.float64) > 0).all():
+        twin.set_yscale("log")
+    twin.set_ylabel("median loss")
+    return twin
+
+
+@_styled
+def timeline_figure(data: AggregateOutputs) -> Figure:
+    """perf_measure_timeline: FPR@TPR per checkpoint epoch of P-SMI (best layer), loss and logit gap; twin axis:
+    median member loss (log scale, with the c_pred rule's level); vertical line at c_pred."""
+    t, s = data.timeline, data.summary
+    fig = Figure(figsize=(6.8, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    for name in (s["best_layer"]["predictor"], "loss", "logit_gap"):
+        rows = t[t["predictor"] == name].sort_values("epoch")
+        ax.plot(rows["epoch"], rows["fpr_at_tpr"], "o-", color=_color(name), label=pretty_name(name), gid=name)
+    ax.axvline(s["c_pred"]["epoch"], color="k", ls=":", lw=1.2, gid="c_pred", label=_c_pred_text(data))
+    ax.set(xlabel="epoch", ylabel=f"FPR@TPR={data.tpr_target:g}", ylim=(0, 1.02))
+    twin = _loss_axis(ax, data)
+    lines, labels = ax.get_legend_handles_labels()
+    more_lines, more_labels = twin.get_legend_handles_labels()
+    ax.legend(lines + more_lines, labels + more_labels, loc="upper right")
+    ax.set_title(f"Predictors of model {s['target']} along training")
+    return fig
+
+
+@_styled
+def layers_figure(data: AggregateOutputs) -> Figure:
+    """ablation_layers: P-SMI FPR@TPR vs layer at c_pred (target, and mean ± std over all models), Mahalanobis
+    when stored, the loss as a dashed reference."""
+    s, tpr = data.summary, data.tpr_target
+    fig = Figure(figsize=(6.4, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    for family, style in (("psmi", "o-"), ("mahalanobis", "s:")):
+        layers = data.layers(family)
+        if not layers:
+            continue
+        names = [str(Predictor(family, layer)) for layer in layers]
+        own = [(data.target_numbers(n) or {}).get("fpr_at_tpr", np.nan) for n in names]
+        ax.plot(layers, own, style, color=_COLORS[family], label=f"{kind_name(family)} (target)", gid=family)
+        spreads = [s["predictors"][n]["all_models"]["fpr_at_tpr"] or {"mean": np.nan, "std": np.nan} for n in names]
+        mean = np.array([x["mean"] for x in spreads])
+        std = np.array([x["std"] for x in spreads])
+        ax.fill_between(
+            layers,
+            mean - std,
+            mean + std,
+            color=_COLORS[family],
+            alpha=0.15,
+            lw=0,
+            label=f"{kind_name(family)}, all models: mean ± std",
+            gid=f"{family}_all_models",
+        )
+    loss = data.target_numbers("loss")
+    if loss is not None:
+        ax.axhline(loss["fpr_at_tpr"], color=_color("loss"), ls="--", label="Loss (target)", gid="loss")
+    best = s["best_layer"]["layer"]
+    ax.axvline(best, color="0.5", lw=0.8, ls="-.", gid="best_layer", label=f"best P-SMI layer {best}")
+    ax.set(xlabel="layer", ylabel=f"FPR@TPR={tpr:g}", ylim=(0, 1.02))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"Memorization predicted from each layer, at {_c_pred_text(data)}")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2)
+    return fig
+
+
+def _share_bars(ax, flags: np.ndarray, groups: dict[str, np.ndarray], overall: float) -> None:
+    """Bars of the memorized share per label group, annotated with counts, and the overall share."""
+    names = [g for g, mask in groups.items() if mask.any()]
+    shares = [float(flags[groups[g]].mean()) for g in names]
+    bars = ax.bar(names, shares, color=["C0", "C1", "C3"][: len(names)], gid="share_memorized")
+    for bar, g in zip(bars, names, strict=True):
+        count = f"{int(flags[groups[g]].sum())} / {int(groups[g].sum())}"
+        ax.annotate(count, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    bbox={"fc": "white", "ec": "none", "pad": 1})  # fmt: skip
+    ax.axhline(overall, color="k", ls=":", lw=1, gid="share_overall", label=f"all members {overall:.1%}")
+    ax.set(ylabel="share memorized (memorized / members)", ylim=(0, max([*shares, overall]) * 1.2))
+    ax.set_title("Memorized share by label")
+    ax.legend(loc="upper left")
+
+
+@_styled
+def label_noise_figure(data: AggregateOutputs) -> Figure:
+    """Memorization and label noise: share memorized among random-label vs true-label members (with counts), and
+    the best-layer P-SMI distribution of memorized vs not-memorized members."""
+    samples, s = data.samples, data.summary
+    members = samples["member"].to_numpy(dtype=bool)
+    flags = samples["memorized"].to_numpy(dtype=bool)[members]
+    randomized = samples["label_randomized"].to_numpy(dtype=bool)[members]
+    wrong = samples["label_wrong"].to_numpy(dtype=bool)[members]
+    groups = {"true label": ~randomized, "random label": randomized, "of which wrong": wrong}
+    fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(1, 1.4))
+    _share_bars(left, flags, groups, s["share_memorized"])
+    best = s["best_layer"]["predictor"]
+    psmi = samples[best].to_numpy(dtype=np.float64)[members]
+    finite = np.isfinite(psmi)
+    bins = np.histogram_bin_edges(psmi[finite], bins=40)
+    for mask, label, color, gid in (
+        (~flags, "not memorized", "C0", "not_memorized"),
+        (flags, "memorized", "C3", "memorized"),
+    ):
+        right.hist(
+            psmi[finite & mask],
+            bins=bins,
+            density=True,
+            histtype="stepfilled",
+            alpha=0.45,
+            color=color,
+            label=f"{label} ({int((finite & mask).sum())})",
+            gid=gid,
+        )
+    right.axvline(0.0, color="k", ls=":", lw=1, gid="zero", label="P-SMI = 0")
+    right.set(xlabel=f"{pretty_name(best)} at c_pred", ylabel="density")
+    right.set_title("P-SMI of memorized and other members")
+    right.legend(loc="upper left")
+    return fig
+
+
+@_styled
+def all_models_figure(data: AggregateOutputs) -> Figure:
+    """Every model as the target (leave-one-out): mean ± std of FPR@TPR and AUC per headline predictor, with the
+    target's own value."""
+    s, tpr = data.summary, data.tpr_target
+    names = data.headline()
+    y = np.arange(len(names))[::-1]
+    fig = Figure(figsize=(9.0, 0.55 * len(names) + 1.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, key, label, chance in ((axes[0], "fpr_at_tpr", f"FPR@TPR={tpr:g}", tpr), (axes[1], "auc", "AUC", 0.5)):
+        spreads = [s["predictors"][n]["all_models"][key] or {"mean": np.nan, "std": np.nan} for n in names]
+        mean = np.array([x["mean"] for x in spreads])
+        std = np.array([x["std"] for x in spreads])
+        bars = ax.errorbar(mean, y, xerr=std, fmt="o", color="k", capsize=4, label="all models: mean ± std")
+        bars.lines[0].set_gid(f"{key}_mean")
+        bars.lines[2][0].set_gid(f"{key}_std")
+        own = [data.target_numbers(n)[key] for n in names]
+        ax.plot(own, y, "x", color="C3", ms=8, mew=2, label=f"model {s['target']} (target)", gid=f"{key}_target")
+        ax.axvline(chance, color="0.5", ls=":", lw=1, label="chance (FPR = TPR target; AUC 0.5)", gid=f"{key}_chance")
+        ax.set(xlabel=label, xlim=(-0.02, 1.02), ylim=(-0.6, len(names) - 0.4))
+    n_models = s["predictors"][names[0]]["all_models"]["n_models"] if names else 0
+    axes[0].set_yticks(y, [pretty_name(n) for n in names])
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3)
+    fig.suptitle(f"Each of the {n_models} models as the target, at {_c_pred_text(data)}")
+    return fig
+
+
+FIGURES: dict[str, tuple[Callable[[AggregateOutputs], Figure], str]] = {
+    "roc": (
+        roc_figure,
+        "ROC of each predictor of memorization on the target at c_pred (higher and further left is better; the "
+        "dotted diagonal is chance). The × is P-SMI used off the shelf: last layer, memorized iff P-SMI < 0.",
+    ),
+    "lira_histogram": (
+        lira_histogram_figure,
+        "Distribution of the target members' LiRA scores at the end of training; samples right of the red line "
+        "count as memorized (the ground truth the predictors are scored against).",
+    ),
+    "timeline": (
+        timeline_figure,
+        "How well each predictor does when computed at each checkpoint (lower is better), with the median training "
+        "loss of the target's members; c_pred is the first checkpoint whose median loss fell below the set share of "
+        "the initial one.",
+    ),
+    "layers": (
+        layers_figure,
+        "P-SMI of each layer's hidden states at c_pred (lower is better); the band is the spread over all models "
+        "as the target, the dashed line is the loss.",
+    ),
+    "label_noise": (
+        label_noise_figure,
+        "Left: share of members memorized among those trained with their true label, a random label, or a wrong "
+        "label (counts on the bars). Right: P-SMI at the best layer of memorized and other members.",
+    ),
+    "all_models": (
+        all_models_figure,
+        "Each model of the population taken as the target in turn: mean ± std of each predictor's FPR@TPR and AUC "
+        "(dots and bars), and the reported target (×).",
+    ),
+}

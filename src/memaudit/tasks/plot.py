@@ -1,0 +1,32 @@
+"""The plot task: render the report (HTML + PNGs), store it, log it and the summary to MLflow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from memaudit import tracking
+from memaudit.report.html import REPORT
+from memaudit.store import download_uri
+from memaudit.tasks.runtime import task, tracking_uri, work_dir
+
+
+def plot_task(
+    *, config_json: str, parent_run_id: str, aggregate_uri: str, samples_path: str, summary_path: str, html_path: str
+) -> str:
+    """Render the report, store and log it; returns the report's URI."""
+    from memaudit.report.html import render_report
+
+    with task("plot", config_json=config_json) as t, work_dir("plot") as work:
+        prefix = t.layout.report(t.cfg.evaluation_fingerprint())
+        download_uri(aggregate_uri, work / "aggregate")
+        if t.reuse_or_build_dir(prefix, work / "report", lambda out: render_report(t.cfg, work / "aggregate", out)):
+            t.skipped()
+        shutil.copyfile(work / "report" / REPORT, html_path)
+        summary = json.loads(Path(summary_path).read_text())
+        artifacts = sorted(p for p in (work / "report").iterdir() if p.suffix in (".html", ".png"))
+        tracking.log_summary(tracking_uri(), parent_run_id, summary, artifacts)
+        uri = t.store.uri(t.layout.report(t.cfg.evaluation_fingerprint(), REPORT))
+        t.outcome["report"] = uri
+    return uri

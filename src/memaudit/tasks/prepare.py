@@ -1,0 +1,112 @@
+"""The prepare task: resolve the run's config from its pipeline parameters, write the pool and the base model
+(from the store when already built), open the MLflow parent run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memaudit import tracking
+from memaudit.config import ExperimentConfig, load_config, split_overrides
+from memaudit.config.presets import TINY_MODEL
+from memaudit.data.poolfile import read_pool, train_pool, write_pool
+from memaudit.tasks.runtime import Task, set_threads, task, tracking_uri, work_dir
+
+HUB_MODEL_FILE = "memaudit-model.json"
+
+
+@dataclass
+class PrepareResult:
+    config_json: str
+    fingerprint: str
+    parent_run_id: str
+    shadow_ids: list[int]
+    pool_metadata: dict[str, Any]
+    model_metadata: dict[str, Any]
+
+
+def config_from_parameters(
+    preset: str = "",
+    config_yaml: str = "",
+    overrides: str = "",
+    n_shadows: int = 0,
+    dataset: str = "",
+    model: str = "",
+) -> ExperimentConfig:
+    """The config of a pipeline run from its parameters (KFP UI fields; empty/0 = keep).
+
+    Order: preset, then the config text (YAML/JSON; its own ``preset:`` key is used when ``preset`` is empty),
+    then the ``key=value`` override lines, then ``n_shadows``, ``dataset`` (dataset.name) and ``model``
+    (model.name).
+    """
+    lines = split_overrides(overrides)
+    shortcuts = {"shadows.n_shadows": n_shadows, "dataset.name": dataset, "model.name": model}
+    lines += [f"{key}={value}" for key, value in shortcuts.items() if value]
+    return load_config(preset or None, overrides=lines, text=config_yaml, source="pipeline parameters")
+
+
+def _build_pool(cfg: ExperimentConfig, path: Path) -> None:
+    from memaudit.data.pool import build_pool
+
+    write_pool(build_pool(cfg, data_dir=cfg.dataset.data_dir, progress=False), path)
+
+
+def _base_model(t: Task, pool, out: Path) -> dict[str, Any]:
+    """Copy (or build, then store) the tiny model into ``out``; for a Hub model write a pointer file."""
+    cfg = t.cfg
+    if cfg.model.name != TINY_MODEL:
+        out.mkdir(parents=True, exist_ok=True)
+        pointer = {"name": cfg.model.name, "revision": cfg.model.revision}
+        (out / HUB_MODEL_FILE).write_text(json.dumps(pointer))
+        return pointer
+
+    def build(folder: Path) -> None:
+        from memaudit.data.synthetic import tiny_model_corpus
+        from memaudit.model.tiny import ensure_base_model
+
+        set_threads()  # one thread per process is several times faster for a model this small
+        with work_dir("base-model") as cache:
+            built = ensure_base_model(cfg.model, tiny_model_corpus(cfg, pool), cache)
+            shutil.copytree(built, folder, dirs_exist_ok=True)
+
+    t.reuse_or_build_dir(t.layout.base_model, out, build)
+    return {"name": TINY_MODEL, "uri": t.store.uri(t.layout.base_model)}
+
+
+def prepare_task(
+    *,
+    preset: str,
+    config_yaml: str,
+    overrides: str,
+    n_shadows: int,
+    dataset: str,
+    model: str,
+    run_name: str,
+    pool_path: str,
+    base_model_path: str,
+) -> PrepareResult:
+    """Resolve the config, write the pool and the base model (from the store when already built), open MLflow."""
+
+    def resolve() -> ExperimentConfig:
+        return config_from_parameters(preset, config_yaml, overrides, n_shadows, dataset, model)
+
+    with task("prepare", resolve=resolve) as t:
+        cfg, layout = t.cfg, t.layout
+        if t.reuse_or_build_file(layout.pool, Path(pool_path), lambda path: _build_pool(cfg, path)):
+            t.skipped()
+        pool = read_pool(pool_path)
+        model_metadata = _base_model(t, pool, Path(base_model_path))
+        parent = tracking.start_parent_run(cfg, uri=tracking_uri(), run_name=run_name or None)
+        n_train = len(train_pool(pool))
+        t.outcome.update(n_train=n_train, n_test=len(pool) - n_train)
+    return PrepareResult(
+        config_json=json.dumps(cfg.to_dict()),
+        fingerprint=cfg.fingerprint(),
+        parent_run_id=parent,
+        shadow_ids=list(range(cfg.shadows.n_shadows)),
+        pool_metadata={"uri": t.store.uri(layout.pool), "n_train": n_train, "n_test": len(pool) - n_train},
+        model_metadata=model_metadata,
+    )

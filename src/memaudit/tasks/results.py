@@ -1,0 +1,23 @@
+"""What a finished run hands its user: the summary and the report, copied out of the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from memaudit.config import ExperimentConfig
+from memaudit.report.html import REPORT
+from memaudit.report.outputs import SUMMARY
+from memaudit.tasks.runtime import run_storage
+
+REPORT_DIR = "report"
+
+
+def collect_results(cfg: ExperimentConfig, output: str | Path) -> tuple[dict[str, Any], Path]:
+    """Copy the run's summary and report from its store into ``output``; returns (summary, report path)."""
+    output, storage = Path(output), run_storage(cfg)
+    efp = cfg.evaluation_fingerprint()
+    summary_path = storage.store.get_file(storage.layout.aggregate(efp, SUMMARY), output / SUMMARY)
+    storage.store.get_dir(storage.layout.report(efp), output / REPORT_DIR)
+    return json.loads(summary_path.read_text()), output / REPORT_DIR / REPORT

@@ -1,0 +1,143 @@
+"""The skeleton every pipeline task shares: resolve the config and the store, reuse what is sealed or build and seal
+it, report progress, clean its scratch folder.
+
+The store is S3 when ``MEMAUDIT_S3_ENDPOINT`` is set, else the folder ``MEMAUDIT_STORE_DIR`` (the embedded
+runner sets it); a cluster pod (``KFP_POD_NAME`` set) without S3 is refused, since its folder dies with it.
+MLflow is ``MLFLOW_TRACKING_URI``, else sqlite beside the local store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memaudit import progress, tracking
+from memaudit.config import ExperimentConfig, config_from_dict
+from memaudit.errors import MemauditError
+from memaudit.store import ENDPOINT_ENV, RunStorage, store_from_env
+
+STORE_DIR_ENV = "MEMAUDIT_STORE_DIR"
+WORK_DIR_ENV = "MEMAUDIT_WORK_DIR"
+THREADS_ENV = "MEMAUDIT_TORCH_THREADS"
+
+
+def run_storage(cfg: ExperimentConfig) -> RunStorage:
+    """The object store of this task, bound to the config's fingerprint."""
+    root = os.environ.get(STORE_DIR_ENV)
+    if not root and not os.environ.get(ENDPOINT_ENV) and os.environ.get("KFP_POD_NAME"):
+        # in a cluster pod a local folder is lost with the pod, and each task would see an empty store
+        raise MemauditError(
+            f"this pipeline pod has no object store ({ENDPOINT_ENV} is unset)",
+            "install the chart (ConfigMap run.env_config_map) or point run.env_config_map at one with the S3 endpoint",
+        )
+    return RunStorage(store_from_env(root or str(Path("memaudit-store").resolve())), cfg.fingerprint())
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else sqlite beside the local store."""
+    return tracking.tracking_uri(os.environ.get(STORE_DIR_ENV) or ".")
+
+
+def set_threads() -> None:
+    """Use ``MEMAUDIT_TORCH_THREADS`` torch threads (the embedded runner sets cores / parallelism)."""
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+@contextlib.contextmanager
+def work_dir(name: str) -> Iterator[Path]:
+    """A scratch folder (under ``MEMAUDIT_WORK_DIR`` when set), deleted afterwards."""
+    base = os.environ.get(WORK_DIR_ENV)
+    if base:
+        Path(base).mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base or None))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Task:
+    """One running task: its config, its run's storage, and what its progress event will report."""
+
+    cfg: ExperimentConfig
+    storage: RunStorage
+    outcome: dict[str, Any] = field(default_factory=lambda: {"event": "done"})
+
+    @property
+    def store(self):
+        return self.storage.store
+
+    @property
+    def layout(self):
+        return self.storage.layout
+
+    def skipped(self) -> None:
+        """Report the task as 'skipped': everything it outputs was reused from the store."""
+        self.outcome["event"] = "skipped"
+
+    def reuse_or_build_dir(self, prefix: str, out: Path, build: Callable[[Path], Any]) -> bool:
+        """Download the sealed ``prefix`` into ``out``, or ``build(out)``, upload it and seal the prefix; returns
+        whether it was reused."""
+        if self.store.is_complete(prefix):
+            self.store.get_dir(prefix, out)
+            return True
+        build(out)
+        self.store.put_dir(prefix, out)
+        self.store.write_complete(prefix)
+        return False
+
+    def reuse_or_build_file(self, key: str, path: Path, build: Callable[[Path], Any]) -> bool:
+        """Download the sealed file ``key`` to ``path``, or ``build(path)`` and seal it by itself; returns whether
+        it was reused."""
+        if self.store.is_sealed(key):
+            self.store.get_file(key, path)
+            return True
+        build(path)
+        self.storage.put_sealed_file(key, path)
+        return False
+
+
+@contextlib.contextmanager
+def task(
+    name: str,
+    *,
+    config_json: str | None = None,
+    resolve: Callable[[], ExperimentConfig] | None = None,
+    shadow: int | None = None,
+) -> Iterator[Task]:
+    """Run a task body: progress start/done (or 'skipped', or 'error' with the one-line problem), the config from
+    the prepare task's JSON (or ``resolve()``, for prepare itself) and the run's storage."""
+    progress.emit(name, "start", shadow=shadow)
+    try:
+        cfg = resolve() if resolve is not None else config_from_dict(json.loads(config_json), source="task config")
+        current = Task(cfg, run_storage(cfg))
+        yield current
+    except MemauditError as exc:
+        progress.emit(name, "error", shadow=shadow, message=exc.problem, fix=exc.fix)
+        raise
+    outcome = current.outcome
+    progress.emit(name, outcome.pop("event"), shadow=shadow, **outcome)
+
+
+@dataclass
+class TaskResult:
+    uri: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def base_model_folder(base_model_path: str) -> Path | None:
+    """The base model folder handed over by prepare, or None for a Hub model (loaded by name)."""
+    path = Path(base_model_path)
+    return path if (path / "config.json").is_file() else None
