@@ -81,7 +81,7 @@ def run(cfg, workdir: Path, cache: Path, workers: int, only: int | None = None) 
     just the first ``only`` shadows are trained and scored and there is no aggregate (a quick look at training)."""
     from memaudit.data.pool import build_pool, pool_summary
     from memaudit.data.poolfile import train_pool, write_pool
-    from memaudit.data.splits import membership_matrix, write_membership
+    from memaudit.data.splits import membership_for, write_membership
     from memaudit.data.synthetic import tiny_model_corpus
     from memaudit.errors import MemauditError
     from memaudit.model.tiny import ensure_base_model
@@ -99,9 +99,7 @@ def run(cfg, workdir: Path, cache: Path, workers: int, only: int | None = None) 
     t0 = time.perf_counter()
     n_train = len(train_pool(pool))
     sh = cfg.shadows
-    member_path = write_membership(
-        membership_matrix(sh.n_shadows, n_train, scheme=sh.scheme, seed=sh.seed), workdir / "member.npy"
-    )
+    member_path = write_membership(membership_for(cfg, n_train), workdir / "member.npy")
     times["split"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

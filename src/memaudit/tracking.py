@@ -1,4 +1,4 @@
-"""MLflow tracking (docs/design.md §6): one parent run per pipeline run, one child run per shadow, the summary at the end.
+"""MLflow tracking (docs/design.md §6): one parent run per pipeline run, one child run per shadow, the summary.
 
 Every function takes the tracking URI and a run id, so each pipeline task (its own process, maybe its own pod) logs
 with a fresh :class:`mlflow.MlflowClient`; nothing relies on MLflow's process-global active run.

@@ -66,12 +66,12 @@ def stage_split(
 ) -> None:
     """Draw which train-pool samples each shadow trains on and write the membership matrix."""
     from memaudit.data.poolfile import read_pool, train_pool
-    from memaudit.data.splits import membership_matrix, write_membership
+    from memaudit.data.splits import membership_for, write_membership
 
     cfg = resolve_config(preset, config, set_)
     n_samples = len(train_pool(read_pool(pool)))
     shadows = cfg.shadows
-    member = membership_matrix(shadows.n_shadows, n_samples, scheme=shadows.scheme, seed=shadows.seed)
+    member = membership_for(cfg, n_samples)
     write_membership(member, output)
     per_model, per_sample = member.sum(axis=1), member.sum(axis=0)
     typer.echo(f"wrote {output}: {shadows.n_shadows} models x {n_samples} samples, scheme {shadows.scheme}")
@@ -180,14 +180,14 @@ def stage_aggregate(
 ) -> None:
     """LiRA ground truth, predictors and their evaluation from all shadows' score files (prints the summary)."""
     from memaudit.data.poolfile import read_pool
-    from memaudit.report.outputs import format_summary
+    from memaudit.report.outputs import ROC, SAMPLES, SUMMARY, TIMELINE, format_summary
     from memaudit.stages.aggregate import aggregate
 
     cfg = resolve_config(preset, config, set_)
     paths = _score_paths(scores, more_scores, scores_list)
     summary = aggregate(cfg, paths, read_pool(pool), output, progress=not quiet)
     typer.echo(format_summary(summary))
-    typer.echo(f"wrote {output}/summary.json, samples.parquet, roc.parquet, timeline.parquet")
+    typer.echo(f"wrote {', '.join(str(output / name) for name in (SUMMARY, SAMPLES, ROC, TIMELINE))}")
 
 
 @stage_app.command("plot")

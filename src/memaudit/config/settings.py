@@ -131,7 +131,7 @@ class TrainingConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    """Checkpoint schedule (docs/method.md §3.4): step 0, every 1/per_epoch_in_first epoch in epoch 1, then each epoch."""
+    """Checkpoint schedule (docs/method.md §3.4): step 0, per_epoch_in_first in epoch 1, then each every_epochs."""
 
     per_epoch_in_first: int = Field(5, gt=0, description="checkpoints during epoch 1")
     every_epochs: int = Field(1, gt=0, description="after epoch 1, one checkpoint every this many epochs")

@@ -106,7 +106,7 @@ def holdout_positions(n: int, fraction: float, seed: int) -> tuple[np.ndarray, n
 
 
 def build_pool(cfg: ExperimentConfig, data_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """The pool of docs/method.md §1 as a DataFrame in the :mod:`memaudit.data.poolfile` schema (train rows, then test rows)."""
+    """The pool of docs/method.md §1 in the :mod:`memaudit.data.poolfile` schema (train rows, then test rows)."""
     ds = cfg.dataset
     train_hf, test_hf, family = load_sources(cfg, data_dir, progress)
     full = pd.concat([train_hf, test_hf], ignore_index=True)

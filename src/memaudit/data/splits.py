@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from memaudit.config import ExperimentConfig
 from memaudit.data.poolfile import read_pool, train_pool
 from memaudit.errors import MemauditError
 from memaudit.store.atomic import atomic_path
@@ -43,6 +44,12 @@ def membership_matrix(n_models: int, n_samples: int, *, scheme: str = "paper", s
     if scheme == "balanced":
         return _balanced(n_models, n_samples, seed)
     raise MemauditError(f"unknown membership scheme {scheme!r}", f"use one of: {', '.join(SCHEMES)}")
+
+
+def membership_for(cfg: ExperimentConfig, n_samples: int) -> np.ndarray:
+    """The membership matrix of ``cfg``'s shadow population over a train pool of ``n_samples``."""
+    s = cfg.shadows
+    return membership_matrix(s.n_shadows, n_samples, scheme=s.scheme, seed=s.seed)
 
 
 def _balanced(n_models: int, n_samples: int, seed: int) -> np.ndarray:

@@ -6,19 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from memaudit.data.poolfile import read_pool, train_pool
-from memaudit.data.splits import membership_matrix, read_membership, write_membership
+from memaudit.data.splits import membership_for, read_membership, write_membership
 from memaudit.tasks.runtime import task
 
 
 def split_task(*, config_json: str, pool_path: str, member_path: str) -> dict[str, Any]:
     """Write the membership matrix (from the store when already drawn)."""
     with task("split", config_json=config_json) as t:
-        s = t.cfg.shadows
         n_train = len(train_pool(read_pool(pool_path)))
-
-        def draw(path: Path) -> None:
-            write_membership(membership_matrix(s.n_shadows, n_train, scheme=s.scheme, seed=s.seed), path)
-
+        draw = lambda path: write_membership(membership_for(t.cfg, n_train), path)  # noqa: E731
         if t.reuse_or_build_file(t.layout.member, Path(member_path), draw):
             t.skipped()
         member = read_membership(member_path, n_samples=n_train)

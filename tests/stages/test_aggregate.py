@@ -138,6 +138,11 @@ def test_inconsistent_inputs(population, tmp_path):
         aggregate(cfg, [synthetic.paths[0], odd], synthetic.pool, tmp_path)
     with pytest.raises(MemauditError, match="differs from the pool"):
         aggregate(cfg, synthetic.paths[:3], synthetic.pool.iloc[1:], tmp_path)
+    arrays = read_scores(synthetic.paths[2])
+    arrays["option_logits"][-1, 5, 0] = np.nan  # a diverged shadow
+    diverged = write_scores(tmp_path / "nan" / "shadow-2.npz", **arrays)
+    with pytest.raises(MemauditError, match=r"^aggregate: option logits contain NaN; fix: check the score files"):
+        aggregate(cfg, [*synthetic.paths[:2], diverged], synthetic.pool, tmp_path)
     assert not (tmp_path / "samples.parquet").exists()
 
 

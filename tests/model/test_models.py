@@ -13,7 +13,7 @@ from memaudit.errors import MemauditError
 from memaudit.model.loading import load_base_model, load_tokenizer, resolve_device
 from memaudit.model.lora import apply_lora, load_adapter_weights, lora_parameter_count, lora_state, save_adapter
 from memaudit.model.tiny import BUILT_MARKER, build_tiny_model, build_word_tokenizer, ensure_base_model
-from tests.toy_pool import (
+from tests.support.toy_pool import (
     TINY,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     toy_config,

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +16,7 @@ from memaudit.model.tokenization import encode_frame
 from memaudit.stages.finetune import finetune
 from memaudit.stages.score import score_shadow
 from memaudit.stages.scorefile import REQUIRED, read_scores
-from tests.toy_pool import (
+from tests.support.toy_pool import (
     TOY_SETS,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     toy_base_model,
@@ -149,6 +151,16 @@ def test_bad_inputs(shadow, tmp_path):
     with pytest.raises(MemauditError, match="shape"):
         score_shadow(cfg, df, member[1:], 0, base, ckpts, out, progress=False)
     assert not out.exists()
+
+
+def test_a_checkpoint_that_differs_from_its_seal_is_refused(shadow, tmp_path):
+    cfg, df, base, member, ckpts = shadow
+    copy = tmp_path / "ckpts"
+    shutil.copytree(ckpts, copy)
+    weights = next((copy / "ckpt-5" / "adapter").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(MemauditError, match=r"ckpt-5 does not match its COMPLETE marker \(adapter/.*safetensors\)"):
+        score_shadow(cfg, df, member, 0, base, copy, tmp_path / "scores.npz", progress=False)
 
 
 def _cli(*args: str) -> int:

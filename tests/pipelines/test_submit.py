@@ -8,7 +8,7 @@ import yaml
 
 from memaudit.cli import main
 from memaudit.config import config_from_dict, load_config
-from tests.kfp_api import FakeKfpApi
+from tests.support.kfp_api import FakeKfpApi
 
 
 @pytest.fixture

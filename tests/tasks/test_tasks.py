@@ -16,7 +16,7 @@ from memaudit.tasks.finetune import finetune_task
 from memaudit.tasks.prepare import prepare_task
 from memaudit.tasks.score import score_task
 from memaudit.tasks.split import split_task
-from tests.pipeline_config import small_config
+from tests.support.pipeline_config import small_config
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from memaudit.store import (
     store_from_env,
 )
 from memaudit.store.base import TMP_PREFIX
+from memaudit.store.layout import checkpoint_name, checkpoint_step
 
 pytestmark = pytest.mark.integration
 
@@ -271,7 +272,13 @@ def test_layout_keys_follow_design_section_5():
     assert layout.adapter(7, 120) == "0123abcd0123abcd/shadows/7/ckpt-120/adapter"
     assert layout.scores(7) == "0123abcd0123abcd/shadows/7/scores.npz"
     assert layout.aggregate("ffff") == "0123abcd0123abcd/aggregate/ffff"
+    assert layout.aggregate("ffff", "summary.json") == "0123abcd0123abcd/aggregate/ffff/summary.json"
     assert layout.report("ffff") == "0123abcd0123abcd/report/ffff"
+    assert layout.report("ffff", "report.html") == "0123abcd0123abcd/report/ffff/report.html"
+    assert layout.train_log(7) == "0123abcd0123abcd/shadows/7/train_log.json"
+    assert layout.resume(7) == "0123abcd0123abcd/shadows/7/resume"
+    assert checkpoint_name(120) == "ckpt-120" and checkpoint_step("ckpt-120") == 120
+    assert checkpoint_step("ckpt-x") is None and checkpoint_step("adapter") is None
     for bad in (lambda: RunLayout("../x"), lambda: layout.shadow(-1), lambda: layout.checkpoint(0, True)):
         with pytest.raises(MemauditError, match="invalid"):
             bad()
@@ -322,6 +329,20 @@ def test_resumable_checkpoints_and_shadow_completion(store, tmp_path):
     with pytest.raises(MemauditError, match=r"lies inside the complete outputs at .*shadows/3; fix: delete"):
         store.delete_prefix(run.layout.checkpoint(3, 0))
     assert store.delete_prefix(run.layout.shadow(3)) == 8 and run.stored_checkpoints(3) == []
+
+
+def test_resume_state_is_kept_for_the_latest_checkpoint_and_dropped(store, tmp_path):
+    run = RunStorage(store, "fp1")
+    assert run.load_resume_state(2, tmp_path / "state.pt") is None
+    for step in (5, 10):
+        (tmp_path / f"s{step}.pt").write_bytes(f"state {step}".encode())
+        run.save_resume_state(2, step, tmp_path / f"s{step}.pt")
+    step, path = run.load_resume_state(2, tmp_path / "got.pt")
+    assert step == 10 and path.read_bytes() == b"state 10"
+    assert all(key.startswith(run.layout.resume(2) + "/") for key in store.list_keys(run.layout.shadow(2)))
+    run.drop_resume_state(2)
+    assert store.list_keys(run.layout.shadow(2)) == [] and run.load_resume_state(2, tmp_path / "x") is None
+    run.drop_resume_state(2)  # nothing to drop: no error
 
 
 # ------------------------------------------------------------------------------------------ URIs and environment

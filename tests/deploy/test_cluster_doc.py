@@ -25,9 +25,9 @@ import yaml
 
 from memaudit.config import Toleration, load_config, preset_dict
 from memaudit.tasks.prepare import config_from_parameters
-from tests.test_chart import ENGINE, SCHEMA, VALUES, _by_kind, _deep_merge, render
+from tests.support.chart import ENGINE, SCHEMA, VALUES, by_kind, deep_merge, render
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "cluster.md"
 FENCE = re.compile(r"^```(\w+)(?: (\w+))?\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 TAGS = {"docker": "Docker", "cluster": "a cluster", "helm": "helm", "gcloud": "gcloud", "az": "the Azure CLI"}
@@ -124,7 +124,7 @@ def _helm_values(words: list[str]) -> tuple[dict, str]:
     for i, word in enumerate(words):
         if word in {"--set", "--set-json"}:
             parse = helm_python.parse_set_string if word == "--set" else helm_python.parse_set_json
-            values = _deep_merge(values, parse(words[i + 1]))
+            values = deep_merge(values, parse(words[i + 1]))
         elif word in {"--namespace", "-n"}:
             namespace = words[i + 1]
     return values, namespace
@@ -229,8 +229,8 @@ def test_tagged_block_names_existing_files_and_real_flags(index):
 @pytest.mark.parametrize("index", range(len(HELM_RENDERS)))
 def test_helm_commands_values_pass_the_schema_render_and_give_a_valid_run_config(tmp_path, index):
     values, namespace = _helm_values(HELM_RENDERS[index])
-    jsonschema.validate(_deep_merge(VALUES, values), SCHEMA, cls=jsonschema.Draft7Validator)
-    docs = _by_kind(render(values, namespace=namespace))
+    jsonschema.validate(deep_merge(VALUES, values), SCHEMA, cls=jsonschema.Draft7Validator)
+    docs = by_kind(render(values, namespace=namespace))
     config = tmp_path / "config.yaml"
     config.write_text(docs[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
     cfg = load_config(path=config)
@@ -262,7 +262,7 @@ def _pool(program: str) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
 def _helm_config(cloud: str, tmp_path: Path):
     (words,) = [w for _, body in TAGGED if f"({cloud})" in body.splitlines()[0] for w in _commands(body)]
     values, namespace = _helm_values(words)
-    docs = _by_kind(render(values, namespace=namespace))
+    docs = by_kind(render(values, namespace=namespace))
     (tmp_path / "c.yaml").write_text(docs[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
     return load_config(path=tmp_path / "c.yaml")
 

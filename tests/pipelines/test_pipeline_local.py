@@ -19,7 +19,7 @@ from minio import Minio
 
 from memaudit.progress import read_events
 from memaudit.store import RunStorage, s3_store_from_env
-from tests.pipeline_config import small_config
+from tests.support.pipeline_config import small_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXPERIMENT = "memaudit-it"

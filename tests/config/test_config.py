@@ -3,7 +3,7 @@ import json
 import pytest
 
 from memaudit.cli import main
-from memaudit.config import load_config, preset_names
+from memaudit.config import OVERRIDE_SEPARATOR, load_config, preset_names, split_overrides
 from memaudit.config.presets import LORA_TARGETS, PAPER_LAYERS_32, PAPER_LAYERS_GEMMA
 from memaudit.errors import MemauditError
 from memaudit.tasks.prepare import config_from_parameters
@@ -188,6 +188,22 @@ def test_pipeline_parameters_resolve_in_order():
 def test_bad_pipeline_parameters_are_one_line(kwargs, needle):
     with pytest.raises(MemauditError, match=needle):
         config_from_parameters(**kwargs)
+
+
+def test_one_loader_for_files_and_pipeline_text(tmp_path):
+    path = tmp_path / "audit.yaml"
+    path.write_text("preset: arc-mistral\ntraining:\n  epochs: 3\n")
+    overrides = ["lora.r=4", "shadows.n_shadows=10"]
+    from_file = load_config(path=path, overrides=overrides)
+    assert from_file == load_config(text=path.read_text(), overrides=overrides)
+    assert from_file == config_from_parameters(
+        config_yaml=path.read_text(), overrides=OVERRIDE_SEPARATOR.join(overrides)
+    )
+    assert (from_file.preset, from_file.training.epochs, from_file.lora.r) == ("arc-mistral", 3, 4)
+    assert split_overrides("a.b=1; c.d=2\n e.f=3") == ["a.b=1", "c.d=2", "e.f=3"]
+    with pytest.raises(MemauditError, match=r"config file .*audit\.yaml: not valid YAML/JSON at line 3"):
+        path.write_text("training:\n  epochs: [3\n")
+        load_config(path=path)
 
 
 def test_dict_fields_are_replaced_not_merged():

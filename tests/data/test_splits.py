@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from memaudit.data.splits import membership_matrix, read_membership, write_membership
+from memaudit.data.poolfile import train_pool, write_pool
+from memaudit.data.splits import membership_matrix, read_membership, shadow_members, write_membership
 from memaudit.errors import MemauditError
+from memaudit.testing import write_synthetic_scores
 
 
 def test_paper_rows_are_the_reference_split_ids():
@@ -87,3 +89,17 @@ def test_read_rejects_missing_corrupt_and_mismatched_files(tmp_path):
     with pytest.raises(MemauditError, match="2-D bool array"):
         write_membership(np.zeros((2, 3)), tmp_path / "x.npy")
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_shadow_members_reads_one_row_checked_against_the_pool(tmp_path):
+    synthetic = write_synthetic_scores(tmp_path / "scores", n_models=3, n_samples=40, n_checkpoints=2)
+    pool_path = write_pool(synthetic.pool, tmp_path / "pool.parquet")
+    member_path = write_membership(synthetic.member, tmp_path / "member.npy")
+    pool, member = shadow_members(pool_path, member_path, 2)
+    assert len(train_pool(pool)) == 40
+    np.testing.assert_array_equal(member, synthetic.member[2])
+    with pytest.raises(MemauditError, match=r"shadow 3 out of range 0\.\.2"):
+        shadow_members(pool_path, member_path, 3)
+    write_membership(synthetic.member[:, :30], tmp_path / "short.npy")
+    with pytest.raises(MemauditError, match="covers 30 samples but the pool has 40"):
+        shadow_members(pool_path, tmp_path / "short.npy", 0)

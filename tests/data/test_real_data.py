@@ -22,7 +22,7 @@ from memaudit.model.tokenization import encode_samples, option_token_id
 def _shared_data() -> Path | None:
     if "MEMAUDIT_SHARED_DATA" in os.environ:
         return Path(os.environ["MEMAUDIT_SHARED_DATA"])
-    for folder in Path(__file__).resolve().parents[1].parents:
+    for folder in Path(__file__).resolve().parents[2].parents:
         if (folder / "shared" / "data").is_dir():
             return folder / "shared" / "data"
     return None

@@ -20,7 +20,7 @@ import yaml
 
 from memaudit.config import RunConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 DOCKERFILES = {kind: IMAGES / f"runtime-{kind}" / "Dockerfile" for kind in ("gpu", "cpu")}
 PYPROJECT = ROOT / "pyproject.toml"

@@ -13,9 +13,6 @@ against the local KFP REST server. Without either, those tests skip and say so.
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +24,10 @@ import yaml
 
 from memaudit.config import RunConfig, load_config
 from memaudit.pipelines.audit import ENV_CONFIG_KEYS, S3_SECRET_KEYS
-from tests import gotemplate
+from tests.support import gotemplate
+from tests.support.chart import CHART, ENGINE, SCHEMA, VALUES, by_kind, deep_merge, needs_helm, render
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "charts" / "memaudit"
 TEMPLATES = sorted((CHART / "templates").iterdir())
-VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
-SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 CREDS = {"s3": {"accessKey": "minio", "secretKey": "minio123"}}
 STANDARD_LABELS = {
     "app.kubernetes.io/name",
@@ -42,13 +36,6 @@ STANDARD_LABELS = {
     "app.kubernetes.io/managed-by",
     "helm.sh/chart",
 }
-
-
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 # ------------------------------------------------------------------------------------- template structure
@@ -141,7 +128,7 @@ def _validate(values: dict) -> None:
 def test_values_yaml_satisfies_the_schema():
     jsonschema.Draft7Validator.check_schema(SCHEMA)
     _validate(VALUES)
-    _validate(_deep_merge(VALUES, {"submit": {"enabled": True, "set": ["shadows.n_shadows=8"]}, **CREDS}))
+    _validate(deep_merge(VALUES, {"submit": {"enabled": True, "set": ["shadows.n_shadows=8"]}, **CREDS}))
 
 
 @pytest.mark.parametrize(
@@ -168,7 +155,7 @@ def test_values_yaml_satisfies_the_schema():
 )
 def test_schema_rejects_wrong_values(change):
     with pytest.raises(jsonschema.ValidationError):
-        _validate(_deep_merge(VALUES, change))
+        _validate(deep_merge(VALUES, change))
 
 
 def test_schema_run_fields_are_memaudits_run_fields():
@@ -187,7 +174,7 @@ def test_chart_run_defaults_equal_memaudits_defaults():
 
 @pytest.mark.parametrize("preset", ["demo", "arc-mistral", "mmlu-gemma"])
 def test_chart_config_is_a_valid_memaudit_config_on_top_of_each_preset(tmp_path, preset):
-    config = _deep_merge(VALUES["config"], {"preset": preset})
+    config = deep_merge(VALUES["config"], {"preset": preset})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     cfg = load_config(path=path)
@@ -198,49 +185,6 @@ def test_chart_config_is_a_valid_memaudit_config_on_top_of_each_preset(tmp_path,
 
 
 # ------------------------------------------------------------------------------------ with Helm's engine
-
-
-def _engine() -> str | None:
-    if shutil.which("helm"):
-        return "helm-cli"
-    try:
-        import helm_python  # noqa: F401
-    except ImportError:
-        return None
-    return "helm-python-sdk"
-
-
-ENGINE = _engine()
-needs_helm = pytest.mark.skipif(
-    ENGINE is None,
-    reason="helm lint/template did NOT run: no `helm` on PATH and helm-python-sdk is not installed "
-    "(the structural, values and schema tests above still ran)",
-)
-
-
-def render(values: dict, *, namespace: str = "kubeflow", release: str = "memaudit") -> list[dict]:
-    """Rendered manifests (hooks included, NOTES.txt left out) of the chart with ``values`` over the defaults."""
-    if ENGINE == "helm-cli":
-        proc = subprocess.run(
-            ["helm", "template", release, str(CHART), "--namespace", namespace, "--values", "-"],
-            input=yaml.safe_dump(values),
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode:
-            raise RuntimeError(proc.stderr)
-        texts = [proc.stdout]
-    else:
-        import helm_python
-
-        with helm_python.Chart.load(CHART) as chart:
-            out = chart.render(values, name=release, namespace=namespace, is_install=True)
-        texts = [text for name, text in sorted(out.items()) if not name.endswith("NOTES.txt")]
-    return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
-
-
-def _by_kind(docs: list[dict]) -> dict[tuple[str, str], dict]:
-    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
 
 
 def _pod_specs(docs):
@@ -339,7 +283,7 @@ def test_pods_are_locked_down_and_resources_labelled(variant):
 
 @needs_helm
 def test_default_render_has_what_a_run_needs_with_the_pipelines_names():
-    docs = _by_kind(render(CREDS))
+    docs = by_kind(render(CREDS))
     run = RunConfig()
     secret = docs[("Secret", run.s3_secret)]
     assert set(secret["stringData"]) == set(S3_SECRET_KEYS)
@@ -363,7 +307,7 @@ def test_missing_s3_credentials_fail_the_render_naming_the_value():
 @needs_helm
 def test_existing_secret_replaces_the_chart_secret_everywhere():
     docs = render(VARIANTS["existing-secret-external-db"])
-    kinds = _by_kind(docs)
+    kinds = by_kind(docs)
     assert not [d for d in docs if d["kind"] == "Secret"]
     assert ("PersistentVolumeClaim", "memaudit-mlflow") not in kinds
     run_config = yaml.safe_load(kinds[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
@@ -382,7 +326,7 @@ def test_existing_secret_replaces_the_chart_secret_everywhere():
 
 @needs_helm
 def test_mlflow_server_command_proxies_artifacts_to_the_bucket():
-    kinds = _by_kind(render(CREDS))
+    kinds = by_kind(render(CREDS))
     container = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["mlflow", "server"]
     args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"] if "=" in arg)
@@ -449,13 +393,13 @@ def test_submit_job_command_line_starts_a_run_on_the_local_kfp_api(tmp_path, cap
     """The Job's exact arguments, with only the host and the mounted config path pointed at local stand-ins."""
     from memaudit.cli import main
     from memaudit.config import config_from_dict
-    from tests.kfp_api import FakeKfpApi
+    from tests.support.kfp_api import FakeKfpApi
 
     docs = render(VARIANTS["submit"])
     job = _submit_job(docs)
     pod = job["spec"]["template"]["spec"]
     (config_volume,) = [v for v in pod["volumes"] if "configMap" in v]
-    config_map = _by_kind(docs)[("ConfigMap", config_volume["configMap"]["name"])]
+    config_map = by_kind(docs)[("ConfigMap", config_volume["configMap"]["name"])]
     (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == config_volume["name"]]
     (tmp_path / "config.yaml").write_text(config_map["data"]["config.yaml"])
     args = pod["containers"][0]["args"]
@@ -477,7 +421,7 @@ def test_submit_job_command_line_starts_a_run_on_the_local_kfp_api(tmp_path, cap
 
 @needs_helm
 def test_bucket_job_creates_the_pipeline_and_mlflow_buckets():
-    kinds = _by_kind(render(CREDS))
+    kinds = by_kind(render(CREDS))
     job = kinds[("Job", "memaudit-buckets")]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     container = job["spec"]["template"]["spec"]["containers"][0]
@@ -515,7 +459,7 @@ def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only(
     import time
     import urllib.error
 
-    kinds = _by_kind(render(CREDS))
+    kinds = by_kind(render(CREDS))
     container = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]["containers"][0]
     port = _free_port()
     local = {

@@ -18,7 +18,7 @@ from memaudit.stages.schedule import checkpoint_schedule, steps_per_epoch
 from memaudit.store.layout import TRAIN_LOG as LOG_FILE
 from memaudit.store.layout import TRAINER_STATE as STATE_FILE
 from memaudit.store.seal import MARKER as COMPLETE_MARKER
-from tests.toy_pool import (
+from tests.support.toy_pool import (
     one_torch_thread,  # noqa: F401 (autouse fixture)
     toy_base_model,
     toy_config,
