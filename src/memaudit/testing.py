@@ -109,8 +109,8 @@ def _plan(rng, n: int, n_test: int, k: int, n_models: int, n_checkpoints: int, n
     return _Plan(pool, member, planted, epochs, base, start, hardness, rng.normal(2.0, 1.0, n_test), k)
 
 
-def _model_arrays(plan: _Plan, s: int, mrng, layers: tuple[int, ...], shift: float, with_mahalanobis: bool):
-    """The score-file arrays of model ``s``."""
+def _model_arrays(plan: _Plan, s: int, mrng, layers: tuple[int, ...], depth: np.ndarray, shift: float, with_maha: bool):
+    """The score-file arrays of model ``s``; ``depth`` [L] scales how well each layer's P-SMI sees the plant."""
     n = plan.member.shape[1]
     train, test = plan.pool.iloc[:n], plan.pool.iloc[n:]
     label, k = train["label_index"].to_numpy(), plan.n_options
@@ -118,7 +118,7 @@ def _model_arrays(plan: _Plan, s: int, mrng, layers: tuple[int, ...], shift: flo
     final = plan.base + plan.member[s] * (1.0 + shift * plan.planted) + mrng.normal(0.0, 0.5, n)
     gap = progress_c[:, None] * final + (1.0 - progress_c[:, None]) * plan.start
     logits = _option_logits(gap, label, train["options"].map(len).to_numpy(), k, mrng)
-    strength = progress_c[:, None, None] * ((np.arange(len(layers)) + 1) / len(layers))[None, :, None]
+    strength = progress_c[:, None, None] * depth[None, :, None]
     psmi = 0.3 - strength * plan.hardness + mrng.normal(0.0, 0.15, (len(plan.epochs), len(layers), n))
     psmi[:, :, ~plan.member[s]] = np.nan
     test_label = test["label_index"].to_numpy()
@@ -140,7 +140,7 @@ def _model_arrays(plan: _Plan, s: int, mrng, layers: tuple[int, ...], shift: flo
         "test_option_logits": test_logits,
         "test_loss": _loss(test_logits, test_label),
     }
-    if with_mahalanobis:
+    if with_maha:
         maha = np.abs(mrng.normal(3.0, 1.0, psmi.shape)) + 0.2 * strength * plan.hardness
         maha[:, :, ~plan.member[s]] = np.nan
         arrays["mahalanobis"] = maha.astype(np.float32)
@@ -160,14 +160,20 @@ def write_synthetic_scores(
     label_noise: float = 0.05,
     n_test: int = 20,
     with_mahalanobis: bool = True,
+    layer_strength: tuple[float, ...] | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> SyntheticScores:
-    """Write ``n_models`` score files ``out_dir/shadow-<s>.npz`` and return the pool, membership and plant."""
+    """Write ``n_models`` score files ``out_dir/shadow-<s>.npz`` and return the pool, membership and plant.
+
+    ``layer_strength`` (one value per layer, default rising with depth) is how strongly each layer's P-SMI
+    separates planted samples."""
     rng = np.random.default_rng(seed)
     plan = _plan(rng, n_samples, n_test, n_options, n_models, n_checkpoints, label_noise, planted_fraction)
+    depth = np.asarray(layer_strength if layer_strength is not None else (np.arange(len(layers)) + 1) / len(layers))
     paths = []
     for s in tqdm(range(n_models), desc="synthetic score files", disable=not progress):
-        arrays = _model_arrays(plan, s, np.random.default_rng([seed, s]), layers, shift, with_mahalanobis)
+        mrng = np.random.default_rng([seed, s])
+        arrays = _model_arrays(plan, s, mrng, layers, depth, shift, with_mahalanobis)
         paths.append(write_scores(Path(out_dir) / f"shadow-{s}.npz", **arrays))
     return SyntheticScores(paths, plan.pool, plan.member, plan.planted)

@@ -6,6 +6,7 @@ import pytest
 
 from memaudit.cli import main
 from memaudit.config import load_config
+from memaudit.config.presets import PAPER_LAYERS_32
 from memaudit.data.poolfile import write_pool
 from memaudit.errors import MemauditError
 from memaudit.metrics import fpr_at_tpr, lira, logit_gap, prediction_checkpoint, roc
@@ -179,3 +180,17 @@ def test_files_without_mahalanobis(tmp_path):
     np.testing.assert_array_equal(samples["logit_gap"], logit_gap(target["option_logits"][c], target["label_index"]))
     np.testing.assert_array_equal(samples["psmi_L7"], target["psmi"][c, 1].astype(np.float64))
     np.testing.assert_array_equal(samples["loss"], target["loss"][c].astype(np.float64))
+
+
+def test_the_best_layer_is_searched_over_every_computed_layer(tmp_path):
+    layers = tuple(range(1, 33))  # all_layers of a 32-block model (docs/method.md §6.1)
+    strength = tuple(1.0 if layer == 23 else 0.05 for layer in layers)
+    synthetic = write_synthetic_scores(
+        tmp_path / "scores", n_models=6, n_samples=300, n_checkpoints=6, layers=layers,
+        layer_strength=strength, with_mahalanobis=False, seed=5,
+    )  # fmt: skip
+    summary = aggregate(load_config(), synthetic.paths, synthetic.pool, tmp_path / "out", progress=False)
+    assert 23 not in PAPER_LAYERS_32
+    assert summary["best_layer"]["layer"] == 23 and summary["best_layer"]["predictor"] == "psmi_L23"
+    fprs = {name: entry["target"]["fpr_at_tpr"] for name, entry in summary["predictors"].items() if "psmi_L" in name}
+    assert len(fprs) == 32 and min(fprs, key=fprs.get) == "psmi_L23"

@@ -26,6 +26,8 @@ from tests.support.toy_pool import (
     toy_pool,
 )
 
+pytestmark = pytest.mark.slow  # trains tiny models
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -25,6 +25,8 @@ from tests.support.toy_pool import (
     toy_pool,
 )
 
+pytestmark = pytest.mark.slow  # trains and scores a tiny model
+
 
 def _pool_with_fewer_options() -> pd.DataFrame:
     """The toy pool where two train rows and one test row offer only options A and B."""

@@ -18,6 +18,8 @@ from memaudit.tasks.score import score_task
 from memaudit.tasks.split import split_task
 from tests.support.pipeline_config import small_config
 
+pytestmark = pytest.mark.slow  # trains and scores tiny shadows through the task bodies
+
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
