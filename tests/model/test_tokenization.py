@@ -26,14 +26,48 @@ def test_label_at_minus_two_and_eos_last(tok):
     np.testing.assert_array_equal(enc.labels, [option_token_id(tok, "B"), option_token_id(tok, "D")])
 
 
-def test_left_truncation_keeps_label_and_drops_bos(tok):
-    prompt = "Question: which is red?\n\nOPTIONS:\n- A: sky\n- B: apple\n\n"
-    full = encode_samples(tok, [prompt], [["A", "B"]], [0], max_len=512).input_ids[0]
-    cut = encode_samples(tok, [prompt], [["A", "B"]], [0], max_len=6)
+def _bos_eos_tokenizer():
+    """A byte-level BPE fast tokenizer whose template is ``<s> $A </s>``, trained offline on the corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=list(specials.values()), show_progress=False)
+    raw.train_from_iterator(CORPUS * 5, trainer=trainer)
+    ids = {t: raw.token_to_id(t) for t in ("<s>", "</s>")}
+    raw.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=list(ids.items()))
+    return PreTrainedTokenizerFast(tokenizer_object=raw, **specials)
+
+
+PROMPT = "Question: which is red?\n\nOPTIONS:\n- A: sky\n- B: apple\n\n"
+
+
+@pytest.mark.parametrize("extra", [5, 0, -1, -7])  # short, exact length, one token over, long
+def test_left_truncation_matches_hugging_faces_and_keeps_bos(extra):
+    tok = _bos_eos_tokenizer()
+    tok.truncation_side = "left"
+    length = len(tok(PROMPT + "A")["input_ids"])
+    max_len = length + extra
+    row = encode_samples(tok, [PROMPT], [["A", "B"]], [0], max_len=max_len)
+    expected = tok(PROMPT + "A", truncation=True, max_length=max_len)["input_ids"]
+    np.testing.assert_array_equal(row.input_ids[0], expected)
+    assert row.input_ids[0][0] == tok.bos_token_id and row.input_ids[0][-1] == tok.eos_token_id
+    assert row.input_ids[0][-2] == option_token_id(tok, "A")
+    assert bool(row.truncated[0]) == (extra < 0) and len(row.input_ids[0]) == min(length, max_len)
+
+
+def test_left_truncation_with_a_bos_only_template_appends_eos(tok):
+    full = encode_samples(tok, [PROMPT], [["A", "B"]], [0], max_len=512).input_ids[0]
+    cut = encode_samples(tok, [PROMPT], [["A", "B"]], [0], max_len=6)
     row = cut.input_ids[0]
     assert len(row) == 6 and cut.truncated[0]
-    np.testing.assert_array_equal(row, full[-6:])  # left truncation: the end survives
-    assert row[0] != tok.bos_token_id and row[-2] == option_token_id(tok, "A")
+    assert row[0] == tok.bos_token_id and row[-1] == tok.eos_token_id and row[-2] == option_token_id(tok, "A")
+    np.testing.assert_array_equal(row[1:], full[-5:])  # the content is cut on the left, BOS stays first
+    tok.truncation_side = "left"
+    np.testing.assert_array_equal(row[:-1], tok(PROMPT + "A", truncation=True, max_length=5)["input_ids"])
 
 
 def test_option_ids_pad_with_minus_one_for_fewer_options(tok):

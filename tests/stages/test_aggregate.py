@@ -6,7 +6,6 @@ import pytest
 
 from memaudit.cli import main
 from memaudit.config import load_config
-from memaudit.config.presets import PAPER_LAYERS_32
 from memaudit.data.poolfile import write_pool
 from memaudit.errors import MemauditError
 from memaudit.metrics import fpr_at_tpr, lira, logit_gap, prediction_checkpoint, roc
@@ -15,6 +14,7 @@ from memaudit.stages.scorefile import read_scores, write_scores
 from memaudit.testing import write_synthetic_scores
 
 N_MODELS, N_SAMPLES = 16, 400
+SMI_LAYERS = [1, 2, 3, 4, 8, 16, 24, 29, 30, 31, 32]  # the authors' default layers (docs/method.md §3.1)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,21 @@ def test_config_rules(population, tmp_path):
         aggregate(strict, synthetic.paths[:3], synthetic.pool, tmp_path, progress=False)
 
 
+def test_off_the_shelf_layer_is_a_setting(population, tmp_path):
+    synthetic, _ = population  # layers 1 and 3
+    summary = aggregate(
+        load_config(overrides=["evaluation.off_the_shelf_layer=1"]), synthetic.paths, synthetic.pool, tmp_path
+    )
+    samples = pd.read_parquet(tmp_path / "samples.parquet")
+    members = samples["member"].to_numpy()
+    flags = samples["memorized"].to_numpy()[members]
+    predicted = samples["psmi_L1"].to_numpy()[members] < 0
+    assert summary["off_the_shelf"] == {"layer": 1, "fpr": predicted[~flags].mean(), "tpr": predicted[flags].mean()}
+    missing = load_config(overrides=["evaluation.off_the_shelf_layer=2"])
+    with pytest.raises(MemauditError, match=r"off_the_shelf_layer 2 is not among the computed layers \[1, 3\]"):
+        aggregate(missing, synthetic.paths, synthetic.pool, tmp_path / "other")
+
+
 def test_inconsistent_inputs(population, tmp_path):
     synthetic, _ = population
     cfg = load_config()
@@ -190,7 +205,7 @@ def test_the_best_layer_is_searched_over_every_computed_layer(tmp_path):
         layer_strength=strength, with_mahalanobis=False, seed=5,
     )  # fmt: skip
     summary = aggregate(load_config(), synthetic.paths, synthetic.pool, tmp_path / "out", progress=False)
-    assert 23 not in PAPER_LAYERS_32
+    assert 23 not in SMI_LAYERS
     assert summary["best_layer"]["layer"] == 23 and summary["best_layer"]["predictor"] == "psmi_L23"
     fprs = {name: entry["target"]["fpr_at_tpr"] for name, entry in summary["predictors"].items() if "psmi_L" in name}
     assert len(fprs) == 32 and min(fprs, key=fprs.get) == "psmi_L23"

@@ -15,6 +15,8 @@ from memaudit.model.lora import apply_lora
 from memaudit.model.tokenization import encode_frame
 from memaudit.stages.finetune import finetune
 from memaudit.stages.schedule import checkpoint_schedule, steps_per_epoch
+from memaudit.stages.score import score_shadow
+from memaudit.stages.scorefile import read_scores
 from memaudit.store.layout import TRAIN_LOG as LOG_FILE
 from memaudit.store.layout import TRAINER_STATE as STATE_FILE
 from memaudit.store.seal import MARKER as COMPLETE_MARKER
@@ -211,6 +213,24 @@ def test_bf16_autocast_training_on_cuda(setup, tmp_path):
     assert log["autocast_bf16"] and log["peak_memory_kind"] == "cuda_max_allocated"
     curve = [c["loss"] for c in log["loss"]]
     assert np.mean(curve[-3:]) < 0.8 * np.mean(curve[:3])
+
+
+def test_exact_precision_switch_trains_and_scores_on_the_cpu(setup, trained, tmp_path):
+    """model.dtype=float32 + model.autocast_bf16=true: the authors' fp32 weights under bf16 compute."""
+    cfg, df, base, member = setup
+    exact = toy_config("model.dtype=float32", "model.autocast_bf16=true")
+    assert exact.fingerprint() != cfg.fingerprint()
+    log = finetune(exact, df, member, 0, base, tmp_path / "exact", device="cpu", progress=False)
+    assert log["autocast_bf16"] and not trained[1]["autocast_bf16"]
+    exact_curve, fp32_curve = ([c["loss"] for c in run["loss"]] for run in (log, trained[1]))
+    assert np.mean(exact_curve[-3:]) < 0.8 * np.mean(exact_curve[:3])  # it trains
+    assert exact_curve != fp32_curve  # bf16 compute is not fp32 compute ...
+    np.testing.assert_allclose(exact_curve, fp32_curve, rtol=0.1)  # ... but close to it
+    scores = score_shadow(exact, df, member, 0, base, tmp_path / "exact", tmp_path / "scores.npz", progress=False)
+    arrays = read_scores(scores)
+    assert np.isfinite(arrays["loss"]).all() and np.isfinite(arrays["psmi"][:, :, member]).all()
+    with pytest.raises(MemauditError, match="set dtype float32"):
+        toy_config("model.autocast_bf16=true", "model.dtype=bfloat16")
 
 
 def test_answer_forward_matches_full_sequence_logits(setup):

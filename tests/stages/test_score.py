@@ -117,6 +117,16 @@ def test_same_seed_gives_identical_score_files(shadow, scores, tmp_path):
         np.testing.assert_array_equal(again[key], scores[key], err_msg=key)
 
 
+def test_all_layers_is_every_block_of_the_model(shadow, scores, tmp_path):
+    _, df, base, member, ckpts = shadow  # the toy model has 2 blocks; the fixture scores layers [1, 2]
+    every = toy_config("model.layers=all")
+    got = read_scores(score_shadow(every, df, member, 0, base, ckpts, tmp_path / "all.npz", progress=False))
+    assert got["layers"].tolist() == [1, 2]
+    np.testing.assert_array_equal(got["psmi"], scores["psmi"])
+    with pytest.raises(MemauditError, match=r"model.layers \[3\] out of range .* which has 2 layers"):
+        score_shadow(toy_config("model.layers=[1, 3]"), df, member, 0, base, ckpts, tmp_path / "x.npz", progress=False)
+
+
 def test_sample_outputs_do_not_depend_on_batch_mates(shadow, scores, tmp_path):
     _cfg, df, base, member, ckpts = shadow
     single = toy_config("scoring.batch_size=1", "model.layers=[]")

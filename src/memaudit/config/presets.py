@@ -1,7 +1,9 @@
 """The presets: the CPU demo and the paper's five setups (docs/method.md §3), as overrides of the config defaults.
 
 The paper presets share ``PAPER_COMMON`` (LoRA r 8 / α 16 / dropout 0.5, AdamW 2.5e-5 with 5 warmup steps,
-batch 2 × accumulation 2, 10 epochs, 100 shadows, target 0); each adds its dataset cap, model and layers.
+batch 2 × accumulation 2, 10 epochs, 100 shadows, target 0); each adds its dataset cap, model and layers. The
+layers are the authors' ``all_layers`` (docs/method.md §3.1), so the best layer is searched over every one of them
+(§6.1), and the off-the-shelf rule uses the last of them (Gemma: 27, not the final norm's 28).
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 TINY_MODEL = "tiny-llama"  # model.name of the small Llama built on this machine (memaudit.model.tiny)
-PAPER_LAYERS_32 = [1, 2, 3, 4, 8, 16, 24, 29, 30, 31, 32]
-PAPER_LAYERS_GEMMA = [1, 2, 3, 4, 7, 14, 21, 25, 26, 27, 28]
+PAPER_LAYERS_32 = list(range(1, 33))  # all_layers of Mistral-7B and Llama-2-7B
+PAPER_LAYERS_GEMMA = list(range(1, 28))  # Gemma-7B's all_layers: 1..27, its layer 28 (after the final norm) left out
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 
 PAPER_COMMON: dict[str, Any] = {
@@ -87,6 +89,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "dataset": {"name": "mmlu", "max_train_rows": 33750},
             "model": {"name": "google/gemma-7b", "layers": PAPER_LAYERS_GEMMA},
+            "evaluation": {"off_the_shelf_layer": PAPER_LAYERS_GEMMA[-1]},
             "scoring": {"batch_size": 16},
         },
     ),

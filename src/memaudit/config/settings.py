@@ -91,8 +91,12 @@ class ModelConfig(_Section):
     local_path: str | None = _free(None, "load from this folder instead of the Hub (same model as 'name')")
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="dtype of the base weights")
     quantization: Literal["none", "nf4"] = Field("none", description="'nf4': 4-bit via bitsandbytes, CUDA only")
-    autocast_bf16: bool = Field(False, description="bf16 autocast on fp32 weights (the paper's setting)")
-    layers: list[int] = Field(default_factory=list, description="hidden-state layers for P-SMI/Mahalanobis")
+    autocast_bf16: bool = Field(
+        False, description="bf16 autocast on fp32 weights: with dtype float32, the paper's exact precision"
+    )
+    layers: list[int] | Literal["all"] = Field(
+        default_factory=list, description="hidden-state layers for P-SMI/Mahalanobis, or 'all' (1..L)"
+    )
     tiny: TinyModelConfig | None = Field(None, description="builder settings for 'tiny-llama'")
 
     @model_validator(mode="after")
@@ -101,8 +105,10 @@ class ModelConfig(_Section):
             object.__setattr__(self, "tiny", TinyModelConfig())
         if self.name != TINY_MODEL and self.tiny is not None:
             raise ValueError("'tiny' settings are only allowed with model name 'tiny-llama'")
-        if any(layer < 0 for layer in self.layers):
+        if self.layers != "all" and any(layer < 0 for layer in self.layers):
             raise ValueError("layers must be >= 0 (0 = embeddings, L = last block)")
+        if self.autocast_bf16 and self.dtype != "float32":
+            raise ValueError("autocast_bf16 runs bf16 compute on fp32 weights: set dtype float32 with it")
         return self
 
 
@@ -178,6 +184,9 @@ class EvaluationConfig(_Section):
     tpr_target: float = Field(0.75, gt=0, lt=1)
     c_pred_loss_ratio: float = Field(0.05, gt=0, lt=1, description="c_pred: median loss below this × ckpt 0")
     c_pred: int | None = Field(None, ge=0, description="force the prediction checkpoint (optimizer step)")
+    off_the_shelf_layer: int | None = Field(
+        None, ge=0, description="layer of the off-the-shelf rule P-SMI < 0 (default: the last computed layer)"
+    )
 
 
 class Toleration(_Section):

@@ -19,9 +19,10 @@ from memaudit.model.tokenization import ANSWER_POSITION, left_pad
 
 
 def autocast(model_cfg: ModelConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``model.autocast_bf16``; a no-op otherwise (CPU runs stay fp32)."""
-    if model_cfg.autocast_bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast (on CUDA or the CPU) when ``model.autocast_bf16``: with fp32 weights, the authors' precision
+    (docs/method.md §3.1); a no-op otherwise."""
+    if model_cfg.autocast_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

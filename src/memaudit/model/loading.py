@@ -89,14 +89,17 @@ def num_layers(model) -> int:
     return int(config.num_hidden_layers)
 
 
-def check_layers(layers: Sequence[int], n_layers: int, source: str) -> None:
-    """Raise when a configured hidden-state layer does not exist in the model."""
+def resolve_layers(layers: Sequence[int] | str, n_layers: int, source: str) -> list[int]:
+    """The hidden-state layers to use: ``all`` is 1..L; a configured layer the model lacks raises."""
+    if layers == "all":
+        return list(range(1, n_layers + 1))
     bad = [layer for layer in layers if not 0 <= layer <= n_layers]
     if bad:
         raise MemauditError(
             f"model.layers {bad} out of range for {source!r}, which has {n_layers} layers",
-            f"use layers between 0 (embeddings) and {n_layers} (last block)",
+            f"use layers between 0 (embeddings) and {n_layers} (last block), or model.layers=all",
         )
+    return list(layers)
 
 
 def load_base_model(model_cfg: ModelConfig, path: str | Path | None = None, device: str | torch.device = "cpu"):
@@ -112,7 +115,7 @@ def load_base_model(model_cfg: ModelConfig, path: str | Path | None = None, devi
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError, SafetensorError) as exc:
         raise _hub_error("weights", source, exc) from None
-    check_layers(model_cfg.layers, num_layers(model), source)
+    resolve_layers(model_cfg.layers, num_layers(model), source)
     if model_cfg.quantization == "none":
         model.to(dev)
     model.config.use_cache = False

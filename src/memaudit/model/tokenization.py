@@ -1,9 +1,10 @@
 """Tokenization with an exact answer position (docs/method.md §1.4, §10.1).
 
-Every sample is encoded as ``[BOS] prompt label EOS`` and truncated on the left to ``max_len`` tokens, so the
-label token is always at position −2 and the logits that predict it at position −3. Batches are padded on the
-left to the longest row (not to ``max_len``: same values, far less compute) with explicit ``position_ids``
-counted from each row's first real token, so a sample's outputs do not depend on what it is batched with.
+Every sample is encoded as ``[BOS] prompt label EOS`` (the tokenizer's own template, EOS appended when it adds
+none), its text truncated on the left so that the whole fits ``max_len`` tokens: BOS stays first, as Hugging Face's
+left truncation keeps it, the label token is always at position −2 and the logits that predict it at position −3.
+Batches are padded on the left to the longest row (not to ``max_len``: same values, far less compute) with explicit
+``position_ids`` counted from each row's first real token, so a sample's outputs do not depend on its batch-mates.
 Option token ids are ``encode("\\n\\n" + label)[-1]`` without special tokens (the paper's ``[-2]`` skipped EOS).
 """
 
@@ -52,6 +53,44 @@ def option_token_id(tokenizer, label: str) -> int:
     return int(ids[-1])
 
 
+def special_frame(tokenizer) -> tuple[int, int]:
+    """How many special tokens the tokenizer's template puts before and after the text (BOS …, … EOS)."""
+    probe = "memaudit"
+    framed = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start : start + len(plain)] == plain:
+            return start, len(framed) - start - len(plain)
+    raise MemauditError("the tokenizer's special tokens wrap the text in an unknown way", "use another tokenizer")
+
+
+def _truncated(ids: list[int], frame: tuple[int, int], eos: int, max_len: int) -> tuple[list[int], bool]:
+    """``ids`` (template applied) ending with EOS, its text cut on the left to fit ``max_len``; the template's
+    leading special tokens (BOS) stay first, as Hugging Face's left truncation keeps them."""
+    n_prefix, n_suffix = frame
+    prefix, content, suffix = ids[:n_prefix], ids[n_prefix : len(ids) - n_suffix], ids[len(ids) - n_suffix :]
+    if not suffix or suffix[-1] != eos:
+        suffix = [*suffix, eos]
+    budget = max_len - len(prefix) - len(suffix)
+    if budget < 2:
+        raise MemauditError(f"max_len {max_len} leaves no room for a prompt and its label", "raise training.max_len")
+    cut = len(content) > budget
+    return [*prefix, *(content[-budget:] if cut else content), *suffix], cut
+
+
+def _option_ids(tokenizer, options: Sequence[Sequence[str]]) -> np.ndarray:
+    """Token id of each option label, int64 [N, K]; −1 where a sample has fewer than K options."""
+    k = max((len(o) for o in options), default=0)
+    cache: dict[str, int] = {}
+    option_ids = np.full((len(options), k), -1, dtype=np.int64)
+    for i, opts in enumerate(options):
+        for j, label in enumerate(opts):
+            if label not in cache:
+                cache[label] = option_token_id(tokenizer, label)
+            option_ids[i, j] = cache[label]
+    return option_ids
+
+
 def encode_samples(
     tokenizer,
     prompts: Sequence[str],
@@ -59,32 +98,20 @@ def encode_samples(
     label_index: Sequence[int],
     max_len: int,
 ) -> EncodedSamples:
-    """Encode ``prompt + inserted label`` per sample, left-truncated to ``max_len`` tokens with EOS last."""
+    """Encode ``prompt + inserted label`` per sample with the tokenizer's special tokens and EOS last, the text
+    left-truncated so that the whole fits ``max_len`` tokens (BOS kept)."""
     if tokenizer.eos_token_id is None:
         raise MemauditError("the tokenizer has no EOS token", "use a tokenizer with an eos_token")
     if max_len < 4:
         raise MemauditError(f"max_len {max_len} is too small", "use max_len >= 4")
-    n = len(prompts)
-    k = max((len(o) for o in options), default=0)
-    cache: dict[str, int] = {}
-    option_ids = np.full((n, k), -1, dtype=np.int64)
-    for i, opts in enumerate(options):
-        for j, label in enumerate(opts):
-            if label not in cache:
-                cache[label] = option_token_id(tokenizer, label)
-            option_ids[i, j] = cache[label]
+    option_ids = _option_ids(tokenizer, options)
     label_index = np.asarray(label_index, dtype=np.int64)
     texts = [p + opts[li] for p, opts, li in zip(prompts, options, label_index, strict=True)]
-    encoded = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    eos = int(tokenizer.eos_token_id)
+    frame, eos = special_frame(tokenizer), int(tokenizer.eos_token_id)
     rows: list[np.ndarray] = []
-    truncated = np.zeros(n, dtype=bool)
-    for i, ids in enumerate(encoded):
-        if not ids or ids[-1] != eos:
-            ids = [*ids, eos]
-        if len(ids) > max_len:
-            ids = ids[-max_len:]
-            truncated[i] = True
+    truncated = np.zeros(len(prompts), dtype=bool)
+    for i, ids in enumerate(tokenizer(texts, add_special_tokens=True)["input_ids"]):
+        ids, truncated[i] = _truncated(list(ids), frame, eos, max_len)
         row = np.asarray(ids, dtype=np.int64)
         if len(row) < 3 or row[LABEL_POSITION] != option_ids[i, label_index[i]]:
             raise MemauditError(

@@ -61,7 +61,7 @@ def _c_pred_text(data: AggregateOutputs) -> str:
 @_styled
 def roc_figure(data: AggregateOutputs) -> Figure:
     """Figure 1 / teaser: ROC of every headline predictor of the target at c_pred, chance diagonal, and the
-    off-the-shelf point (last-layer P-SMI < 0)."""
+    off-the-shelf point (P-SMI < 0 at the off-the-shelf layer)."""
     fig = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = fig.add_subplot()
     tpr = data.tpr_target
@@ -289,7 +289,7 @@ FIGURES: dict[str, tuple[Callable[[AggregateOutputs], Figure], str]] = {
     "roc": (
         roc_figure,
         "ROC of each predictor of memorization on the target at c_pred (higher and further left is better; the "
-        "dotted diagonal is chance). The × is P-SMI used off the shelf: last layer, memorized iff P-SMI < 0.",
+        "dotted diagonal is chance). The × is P-SMI off the shelf: memorized iff P-SMI < 0 at its layer.",
     ),
     "lira_histogram": (
         lira_histogram_figure,

@@ -111,7 +111,7 @@ def _facts(cfg: ExperimentConfig, data: AggregateOutputs) -> list[tuple[str, str
             _share(enrich["share_memorized_clean"], s["n_members"] - enrich["n_noisy_members"]),
         ),
         ("memorized among wrong-label members", _share(enrich["share_memorized_wrong"], enrich["n_wrong_members"])),
-        ("off-the-shelf P-SMI < 0, last layer", f"layer {ots['layer']}: FPR {ots['fpr']:.4f}, TPR {ots['tpr']:.4f}"),
+        ("off-the-shelf: P-SMI < 0", f"layer {ots['layer']}: FPR {ots['fpr']:.4f}, TPR {ots['tpr']:.4f}"),
     ]
 
 

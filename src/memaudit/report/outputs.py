@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from memaudit.config import ExperimentConfig
 from memaudit.errors import MemauditError
-from memaudit.metrics import Predictor, best_layer, memorized_threshold
+from memaudit.metrics import Predictor, memorized_threshold
 
 SUMMARY = "summary.json"
 SAMPLES = "samples.parquet"
@@ -83,23 +83,12 @@ class AggregateOutputs:
         parsed = [Predictor.parse(name) for name in self.summary["predictors"]]
         return [p.layer for p in parsed if p.kind == family and p.layer is not None]
 
-    def best_of(self, family: str) -> str | None:
-        """The ``family`` predictor with the lowest target FPR@TPR (the first of ties), or None when it has none."""
-        names = [str(Predictor(family, layer)) for layer in self.layers(family)]
-        best = best_layer([(self.target_numbers(name) or {}).get("fpr_at_tpr") for name in names])
-        return None if best is None else names[best]
-
     def headline(self) -> list[str]:
         """The predictors of the paper's comparison, as evaluated: P-SMI at its best layer, loss, logit gap,
-        Mahalanobis at its best layer, early LiRA (those with numbers on the target)."""
-        names = [
-            self.summary["best_layer"]["predictor"],
-            "loss",
-            "logit_gap",
-            self.best_of("mahalanobis"),
-            "early_lira",
-        ]
-        return [n for n in names if n is not None and n in self.summary["predictors"] and self.target_numbers(n)]
+        Mahalanobis at that same layer (the paper's appendix table), early LiRA (those with numbers on the target)."""
+        layer = self.summary["best_layer"]["layer"]
+        names = [str(Predictor("psmi", layer)), "loss", "logit_gap", str(Predictor("mahalanobis", layer)), "early_lira"]
+        return [n for n in names if n in self.summary["predictors"] and self.target_numbers(n)]
 
 
 def kind_name(kind: str) -> str:

@@ -220,14 +220,27 @@ def _samples(
     return samples
 
 
-def _layer_facts(numbers: dict[str, Any], pop: Population, flags: np.ndarray, values) -> dict[str, Any]:
-    """The best P-SMI layer (lowest target FPR@TPR) and the off-the-shelf point at the last layer."""
+def _off_the_shelf_index(cfg: ExperimentConfig, layers: list[int]) -> int:
+    """Index of the off-the-shelf layer: ``evaluation.off_the_shelf_layer``, else the highest computed layer."""
+    wanted = cfg.evaluation.off_the_shelf_layer
+    if wanted is None:
+        return int(np.argmax(layers))
+    if wanted not in layers:
+        raise MemauditError(
+            f"evaluation.off_the_shelf_layer {wanted} is not among the computed layers {layers}",
+            "add it to model.layers (and re-score), or unset it to use the last computed layer",
+        )
+    return layers.index(wanted)
+
+
+def _layer_facts(cfg: ExperimentConfig, numbers: dict[str, Any], pop: Population, flags: np.ndarray, values):
+    """The best P-SMI layer (lowest target FPR@TPR over every computed layer) and the off-the-shelf point."""
     layers = [int(layer) for layer in pop.layers]
     psmi_fprs = [(numbers[str(Predictor("psmi", layer))] or {}).get("fpr_at_tpr") for layer in layers]
     best = best_layer(psmi_fprs)
     best = 0 if best is None else best
-    last = int(np.argmax(layers))
-    ots_fpr, ots_tpr = off_the_shelf(flags, values[last][pop.member[0]])
+    ots = _off_the_shelf_index(cfg, layers)
+    ots_fpr, ots_tpr = off_the_shelf(flags, values[ots][pop.member[0]])
     fpr = psmi_fprs[best]
     return {
         "best_layer": {
@@ -235,7 +248,7 @@ def _layer_facts(numbers: dict[str, Any], pop: Population, flags: np.ndarray, va
             "predictor": str(Predictor("psmi", layers[best])),
             "fpr_at_tpr": float(fpr) if fpr is not None and np.isfinite(fpr) else None,
         },
-        "off_the_shelf": {"layer": layers[last], "fpr": ots_fpr, "tpr": ots_tpr},
+        "off_the_shelf": {"layer": layers[ots], "fpr": ots_fpr, "tpr": ots_tpr},
     }
 
 
@@ -267,7 +280,7 @@ def _summary(cfg: ExperimentConfig, pop: Population, truth: _GroundTruth, sample
             "rule": pop.c_pred_rule,
             "median_member_loss": [float(x) for x in pop.medians],
         },
-        **_layer_facts(numbers, pop, truth.flags, values),
+        **_layer_facts(cfg, numbers, pop, truth.flags, values),
         "tpr_target": ev.tpr_target,
         "predictors": {
             name: {"sign": Predictor.parse(name).sign, "target": numbers[name], "all_models": all_models[name]}

@@ -121,7 +121,7 @@ class _Trainer:
             "steps_per_epoch": self.spe,
             "total_steps": self.total,
             "device": str(self.dev),
-            "autocast_bf16": bool(self.cfg.model.autocast_bf16 and self.dev.type == "cuda"),
+            "autocast_bf16": self.cfg.model.autocast_bf16,
             "tokens_per_s": self.tokens_per_s() if self.session_tokens else None,
             "wall_time_s": self.history["wall_time_s"] + time.perf_counter() - self.last_time,
             "tokens": self.history["tokens"],

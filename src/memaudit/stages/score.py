@@ -29,7 +29,7 @@ from memaudit.data.splits import member_mask
 from memaudit.errors import MemauditError
 from memaudit.metrics import mahalanobis, psmi
 from memaudit.model.forward import answer_forward, autocast
-from memaudit.model.loading import load_base_model, load_tokenizer, resolve_device
+from memaudit.model.loading import load_base_model, load_tokenizer, num_layers, resolve_device, resolve_layers
 from memaudit.model.lora import apply_lora, load_adapter_weights
 from memaudit.model.tokenization import EncodedSamples, encode_frame
 from memaudit.stages.checkpoints import complete_checkpoints, verify_checkpoint
@@ -92,7 +92,7 @@ class _Scorer:
 
     def __init__(self, cfg: ExperimentConfig, model, enc: EncodedSamples, pad_id: int, member: np.ndarray, dev):
         self.cfg, self.model, self.enc, self.pad_id, self.dev = cfg, model, enc, pad_id, dev
-        self.layers = list(cfg.model.layers)
+        self.layers = resolve_layers(cfg.model.layers, num_layers(model), cfg.model.name)
         self.store_hidden = cfg.scoring.store_hidden and bool(self.layers)
         n_train = len(member)
         self.members = np.flatnonzero(member)
