@@ -57,6 +57,8 @@ class _Bars:
 
     def update(self, event: dict) -> None:
         key = (event["stage"], event.get("shadow"))
+        if event["event"] == "damaged" and self.enabled:
+            tqdm.write(f"{event['stage']}: {event['message']}; recomputing", file=self.stream)
         if event["event"] == "start":
             self.started[key] = event["t"]
         if self.lines and event["event"] in ("done", "skipped", "error"):

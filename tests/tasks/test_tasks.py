@@ -142,7 +142,18 @@ def test_killed_finetune_resumes_from_the_store_and_ends_identical(env, tmp_path
         assert torch.equal(got[key], reference[key]), key
 
 
-def test_corrupted_stored_checkpoint_is_refused_with_a_fix(env, monkeypatch):
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _quarantined(root: Path, cfg) -> list[str]:
+    base = root / "store" / cfg.fingerprint() / "quarantine"
+    return sorted(str(p.relative_to(base)).split("/", 1)[1] for p in base.rglob("*") if p.is_file())
+
+
+def test_a_damaged_checkpoint_of_a_killed_shadow_is_set_aside_and_the_shadow_retrained(env, monkeypatch):
     cfg = small_config()
     result, art = _prepare(env, cfg)
     real_upload = RunStorage.upload_checkpoint
@@ -157,12 +168,34 @@ def test_corrupted_stored_checkpoint_is_refused_with_a_fix(env, monkeypatch):
         _finetune(result, art, 2)
     monkeypatch.setattr(RunStorage, "upload_checkpoint", real_upload)
     stored = sorted((env / "store").glob(f"{cfg.fingerprint()}/shadows/2/ckpt-*/adapter/adapter_model.safetensors"))
-    data = bytearray(stored[-1].read_bytes())
-    data[-1] ^= 0xFF
-    stored[-1].write_bytes(bytes(data))
-    with pytest.raises(MemauditError) as info:
-        _finetune(result, art, 2)
-    assert "ckpt-" in str(info.value) and "delete" in str(info.value)
+    _flip_last_byte(stored[-1])
+    _finetune(result, art, 2)  # the damaged checkpoint is moved aside and shadow 2 trains afresh
+    damaged = [e for e in _events(env / "progress.jsonl") if e["event"] == "damaged"]
+    assert len(damaged) == 1 and damaged[0]["shadow"] == 2 and "ckpt-" in damaged[0]["message"]
+    assert f"shadows/2/{stored[-1].parent.parent.name}/adapter/adapter_model.safetensors" in _quarantined(env, cfg)
+    _score(result, art, 2)
+    assert RunStorage(LocalStore(env / "store"), cfg.fingerprint()).shadow_complete(2)
+
+
+def test_damaged_scores_of_a_sealed_shadow_are_set_aside_and_only_scoring_reruns(env, monkeypatch):
+    cfg = small_config()
+    result, art = _prepare(env, cfg)
+    _finetune(result, art, 0)
+    _score(result, art, 0)
+    scores = env / "store" / cfg.fingerprint() / "shadows" / "0" / "scores.npz"
+    good = scores.read_bytes()
+    _flip_last_byte(scores)
+    monkeypatch.setattr("memaudit.stages.finetune.finetune", lambda *a, **k: pytest.fail("retrained"))
+    _finetune(result, art, 0)  # verifies the sealed shadow: the scores are set aside, the checkpoints kept
+    assert _quarantined(env, cfg) == ["shadows/0/COMPLETE", "shadows/0/scores.npz"]
+    _score(result, art, 0)
+    assert scores.read_bytes() == good  # recomputed, identical
+    events = _events(env / "progress.jsonl")
+    assert [e["event"] for e in events if e["stage"] == "finetune"][-2:] == ["damaged", "skipped"]
+    assert [e["event"] for e in events if e["stage"] == "score"][-1] == "done"
+    assert RunStorage(LocalStore(env / "store"), cfg.fingerprint()).store.verify_complete(
+        f"{cfg.fingerprint()}/shadows/0"
+    )
 
 
 def test_headline_metrics_and_roc_for_the_kfp_ui(tmp_path):

@@ -40,6 +40,14 @@ class ObjectNotFound(Exception):
     """Raised by a subclass's raw read when the key does not exist (turned into MemauditError by the base)."""
 
 
+class CorruptedObject(MemauditError):
+    """A file a COMPLETE marker lists is missing or differs from it: ``key``, under the marker of ``prefix``."""
+
+    def __init__(self, problem: str, fix: str, key: str, prefix: str):
+        super().__init__(problem, fix)
+        self.key, self.prefix = key, prefix
+
+
 def check_key(key: str, *, what: str = "key") -> str:
     """Validate a store key: relative, ``/``-separated, no empty, ``.`` or ``..`` parts, no reserved names."""
     if not isinstance(key, str) or not key:
@@ -165,9 +173,13 @@ class ObjectStore(abc.ABC):
             keys.remove(marker)
             keys.insert(0, marker)
         self._raw_delete(keys)  # in order: the marker first
+        self._forget_markers(prefix)
+        return len(keys)
+
+    def _forget_markers(self, prefix: str) -> None:
+        """Drop the cached markers at or under ``prefix`` (they are being deleted or moved)."""
         for sealed in [p for p in self._sealed if p == prefix or p.startswith(prefix + "/")]:
             del self._sealed[sealed]
-        return len(keys)
 
     # ------------------------------------------------------------------------------------------------ reads
 
@@ -203,6 +215,10 @@ class ObjectStore(abc.ABC):
         keys = [k for k in self.list_keys(prefix) if k.rsplit("/", 1)[-1] != MARKER]
         if not keys:
             raise MemauditError(f"nothing stored under {self.uri(prefix)}", "run the task that writes it first")
+        manifest = self._load_marker(prefix) if verify else None
+        absent = sorted({f"{prefix}/{rel}" for rel in manifest["files"]} - set(keys)) if manifest else []
+        if absent:
+            raise self._corrupted(absent[0], prefix, missing=True)
         n = len(_under(prefix))
         return [
             self.get_file(key, local_dir / key[n:], verify=verify)
@@ -277,10 +293,9 @@ class ObjectStore(abc.ABC):
             raise MemauditError(
                 f"{self.uri(prefix)} is not complete (no {MARKER} marker)", "run the task that writes it"
             )
-        bad = mismatches(manifest, lambda rel: self._digest(f"{prefix}/{rel}", missing_ok=True))
+        bad = self.damaged(prefix)
         if bad:
-            key = f"{prefix}/{bad[0]}"
-            raise self._corrupted(key, prefix, missing=not self._raw_exists(key))
+            raise self._corrupted(bad[0], prefix, missing=not self._raw_exists(bad[0]))
         return manifest["files"]
 
     def is_sealed(self, key: str) -> bool:
@@ -368,9 +383,49 @@ class ObjectStore(abc.ABC):
             "re-run the task that writes it (read it with verify=False only if you know it is whole)",
         )
 
-    def _corrupted(self, key: str, prefix: str, *, missing: bool = False) -> MemauditError:
+    def _corrupted(self, key: str, prefix: str, *, missing: bool = False) -> CorruptedObject:
         what = "is missing" if missing else "does not match the sha256/size in its COMPLETE marker (corrupted)"
-        return MemauditError(
-            f"{self.uri(key)} {what}",
-            f"delete {self.uri(prefix)} and re-run the task that wrote it",
+        return CorruptedObject(
+            f"{self.uri(key)} {what}", f"delete {self.uri(prefix)} and re-run the task that wrote it", key, prefix
         )
+
+    # ------------------------------------------------------------------------------------------------ damage
+
+    def damaged(self, prefix: str) -> list[str]:
+        """The keys the COMPLETE marker of ``prefix`` lists that are missing or differ from it (each one read and
+        hashed); [] when all are intact."""
+        prefix = check_prefix(prefix)
+        manifest = self._load_marker(prefix)
+        if manifest is None:
+            raise MemauditError(
+                f"{self.uri(prefix)} is not complete (no {MARKER} marker)", "run the task that writes it"
+            )
+        bad = mismatches(manifest, lambda rel: self._digest(f"{prefix}/{rel}", missing_ok=True))
+        return [f"{prefix}/{rel}" for rel in bad]
+
+    def move_aside(self, prefix: str, dest: str, keys: list[str] | None = None) -> list[str]:
+        """Move what a damaged ``prefix`` holds to ``dest`` (never deleting it): ``keys`` (default: every file under
+        the prefix) and, for a prefix-scope marker, the marker first, so the prefix is never complete half-moved;
+        from a key-scope marker only the entries of ``keys`` leave. Returns the keys written under ``dest``."""
+        prefix, dest = check_prefix(prefix), check_prefix(dest)
+        manifest = self._load_marker(prefix)
+        self._forget_markers(prefix)
+        marker = f"{prefix}/{MARKER}"
+        if manifest is not None and manifest["scope"] == "keys" and keys is not None:
+            files = manifest["files"].items()
+            kept = {rel: (e["sha256"], e["size"]) for rel, e in files if f"{prefix}/{rel}" not in keys}
+            data = marker_bytes(kept, "keys")
+            self._raw_put(marker, HashingReader(io.BytesIO(data)), len(data))
+            moving = list(keys)
+        else:  # the marker first; then the given keys, or everything under the prefix
+            moving = [marker, *(keys if keys is not None else (k for k in self.list_keys(prefix) if k != marker))]
+        return [self._move(key, f"{dest}/{key[len(prefix) + 1 :]}") for key in moving if self._raw_exists(key)]
+
+    def _move(self, key: str, target: str) -> str:
+        stream = self._raw_open(key)
+        try:
+            self._raw_put(target, HashingReader(stream), -1)
+        finally:
+            stream.close()
+        self._raw_delete([key])
+        return target

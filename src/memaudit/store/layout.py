@@ -12,12 +12,15 @@ names below are the only definition of the artifact names a shadow's local work 
     <fp>/shadows/<id>/COMPLETE                  written last by the score task: the whole shadow is done
     <fp>/aggregate/<evaluation fp>/…            sealed prefix
     <fp>/report/<evaluation fp>/…               sealed prefix
+    <fp>/quarantine/<time>-<id>/…               damaged objects, moved aside (never deleted) when found
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,10 @@ class RunLayout:
         prefix = f"{self.root}/aggregate/{_check_fingerprint(evaluation_fingerprint, 'evaluation fingerprint')}"
         return f"{prefix}/{name}" if name else prefix
 
+    def quarantine(self, key: str, stamp: str) -> str:
+        """Where ``key`` (or prefix), found damaged at ``stamp``, is moved aside."""
+        return f"{self.root}/quarantine/{_check_fingerprint(stamp, 'quarantine stamp')}/{key[len(self.root) + 1 :]}"
+
     def report(self, evaluation_fingerprint: str, name: str = "") -> str:
         """The report's prefix for these evaluation settings, or the key of its file ``name``."""
         prefix = f"{self.root}/report/{_check_fingerprint(evaluation_fingerprint, 'evaluation fingerprint')}"
@@ -190,6 +197,13 @@ class RunStorage:
     def drop_resume_state(self, shadow: int) -> None:
         if self.store.list_keys(self.layout.resume(shadow)):
             self.store.delete_prefix(self.layout.resume(shadow))
+
+    def set_aside(self, prefix: str, keys: list[str] | None = None) -> str:
+        """Move a damaged prefix (or only ``keys`` of it) to the run's quarantine; returns where it went."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        dest = self.layout.quarantine(prefix, stamp)
+        self.store.move_aside(prefix, dest, keys)
+        return self.store.uri(dest)
 
     def shadow_complete(self, shadow: int) -> bool:
         """Whether the shadow's outputs (checkpoints and scores) are sealed: finetune and score can be skipped."""

@@ -16,7 +16,8 @@ from typing import Any
 from memaudit import progress, tracking
 from memaudit.data.splits import shadow_members
 from memaudit.stages.schedule import schedule_for
-from memaudit.store.layout import ADAPTER_DIR, TRAINER_STATE
+from memaudit.store.base import CorruptedObject
+from memaudit.store.layout import ADAPTER_DIR, TRAINER_STATE, checkpoint_step
 from memaudit.tasks.runtime import Task, TaskResult, base_model_folder, set_threads, task, tracking_uri, work_dir
 
 
@@ -32,6 +33,18 @@ def _shadow_metrics(train_log: dict[str, Any]) -> dict[str, Any]:
     if isinstance(train_log.get("peak_memory_bytes"), int | float):
         out["peak_memory_mb"] = train_log["peak_memory_bytes"] / 2**20
     return {**out, **{k: v for k, v in curves.items() if v}}
+
+
+def _shadow_intact(t: Task, shadow: int) -> bool:
+    """Whether the sealed shadow still matches its marker (verified once per run, here). A damaged shadow is set
+    aside: only the damaged files when its checkpoints are intact (then only scoring reruns), else all of it."""
+    prefix = t.layout.shadow(shadow)
+    damaged = t.store.damaged(prefix)
+    if not damaged:
+        return True
+    in_checkpoints = any(checkpoint_step(key[len(prefix) + 1 :].split("/")[0]) is not None for key in damaged)
+    t.set_aside(prefix, damaged, keys=None if in_checkpoints else damaged)
+    return False
 
 
 def _restore(t: Task, shadow: int, stored: set[int], work: Path) -> None:
@@ -55,7 +68,13 @@ def _train(t: Task, shadow: int, pool, member, stored: set[int], base_model_path
 
     last = schedule_for(t.cfg, int(member.sum()))[-1][0]
     claim_output_dir(work, run_identity(t.cfg, shadow, member))
-    _restore(t, shadow, stored, work)
+    try:
+        _restore(t, shadow, stored, work)
+    except CorruptedObject as exc:  # a damaged stored checkpoint: set the shadow aside and train it afresh
+        t.set_aside(t.layout.shadow(shadow), [exc.key])
+        stored.clear()
+        shutil.rmtree(work, ignore_errors=True)
+        claim_output_dir(work, run_identity(t.cfg, shadow, member))
 
     def on_checkpoint(step: int, path: Path) -> None:
         if step not in stored:
@@ -85,8 +104,9 @@ def finetune_task(
         pool, member = shadow_members(pool_path, member_path, shadow)
         steps = [s for s, _ in schedule_for(t.cfg, int(member.sum()))]
         log_key = t.layout.train_log(shadow)
+        complete = t.storage.shadow_complete(shadow) and _shadow_intact(t, shadow)
         stored = set(t.storage.stored_checkpoints(shadow))
-        if t.storage.shadow_complete(shadow) or (set(steps) <= stored and t.store.exists(log_key)):
+        if complete or (set(steps) <= stored and t.store.exists(log_key)):
             train_log = json.loads(t.store.get_bytes(log_key, verify=False))
             t.skipped()
         else:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from memaudit import progress, tracking
 from memaudit.config import ExperimentConfig, config_from_dict
 from memaudit.errors import MemauditError
 from memaudit.store import ENDPOINT_ENV, RunStorage, store_from_env
+from memaudit.store.base import CorruptedObject
 
 STORE_DIR_ENV = "MEMAUDIT_STORE_DIR"
 WORK_DIR_ENV = "MEMAUDIT_WORK_DIR"
@@ -71,6 +73,8 @@ def work_dir(name: str) -> Iterator[Path]:
 class Task:
     """One running task: its config, its run's storage, and what its progress event will report."""
 
+    name: str
+    shadow: int | None
     cfg: ExperimentConfig
     storage: RunStorage
     outcome: dict[str, Any] = field(default_factory=lambda: {"event": "done"})
@@ -87,23 +91,45 @@ class Task:
         """Report the task as 'skipped': everything it outputs was reused from the store."""
         self.outcome["event"] = "skipped"
 
+    def set_aside(self, prefix: str, damaged: list[str], keys: list[str] | None = None) -> None:
+        """Move a damaged prefix (or only ``keys`` of it) to the quarantine and say so in one line."""
+        where = self.storage.set_aside(prefix, keys)
+        who = f"{self.name}" + (f" of shadow {self.shadow}" if self.shadow is not None else "")
+        message = f"{self.store.uri(damaged[0])} does not match its COMPLETE marker: moved aside to {where}"
+        print(f"memaudit: {who}: {message}; recomputing", file=sys.stderr, flush=True)
+        progress.emit(self.name, "damaged", shadow=self.shadow, message=message)
+
+    def intact(self, prefix: str) -> bool:
+        """Whether every file the sealed ``prefix`` lists is present and matches; a damaged prefix is set aside."""
+        damaged = self.store.damaged(prefix)
+        if damaged:
+            self.set_aside(prefix, damaged)
+        return not damaged
+
     def reuse_or_build_dir(self, prefix: str, out: Path, build: Callable[[Path], Any]) -> bool:
-        """Download the sealed ``prefix`` into ``out``, or ``build(out)``, upload it and seal the prefix; returns
-        whether it was reused."""
+        """Download the sealed ``prefix`` into ``out`` (verified as it is read), or ``build(out)``, upload it and
+        seal the prefix; a damaged prefix is set aside and rebuilt. Returns whether it was reused."""
         if self.store.is_complete(prefix):
-            self.store.get_dir(prefix, out)
-            return True
+            try:
+                self.store.get_dir(prefix, out)
+                return True
+            except CorruptedObject as exc:
+                self.set_aside(prefix, [exc.key])
+                shutil.rmtree(out, ignore_errors=True)
         build(out)
         self.store.put_dir(prefix, out)
         self.store.write_complete(prefix)
         return False
 
     def reuse_or_build_file(self, key: str, path: Path, build: Callable[[Path], Any]) -> bool:
-        """Download the sealed file ``key`` to ``path``, or ``build(path)`` and seal it by itself; returns whether
-        it was reused."""
+        """Download the sealed file ``key`` to ``path`` (verified), or ``build(path)`` and seal it by itself; a
+        damaged file is set aside and rebuilt. Returns whether it was reused."""
         if self.store.is_sealed(key):
-            self.store.get_file(key, path)
-            return True
+            try:
+                self.store.get_file(key, path)
+                return True
+            except CorruptedObject as exc:
+                self.set_aside(exc.prefix, [key], keys=[key])
         build(path)
         self.storage.put_sealed_file(key, path)
         return False
@@ -122,7 +148,7 @@ def task(
     progress.emit(name, "start", shadow=shadow)
     try:
         cfg = resolve() if resolve is not None else config_from_dict(json.loads(config_json), source="task config")
-        current = Task(cfg, run_storage(cfg))
+        current = Task(name, shadow, cfg, run_storage(cfg))
         yield current
     except MemauditError as exc:
         progress.emit(name, "error", shadow=shadow, message=exc.problem, fix=exc.fix)
