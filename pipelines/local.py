@@ -8,8 +8,10 @@ store is a folder under the output directory unless ``MEMAUDIT_S3_ENDPOINT`` is 
 
 import contextlib
 import os
+import shutil
+import signal
+import subprocess
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from tqdm import tqdm
 
 from memaudit.config import ExperimentConfig
 from memaudit.environment import scoped_env
-from memaudit.errors import MemauditError
+from memaudit.errors import Interrupted, MemauditError
 from memaudit.pipelines.audit import build_pipeline
 from memaudit.progress import PROGRESS_ENV, read_events
 from memaudit.tasks.results import collect_results
@@ -95,63 +97,148 @@ def _environment(cfg: ExperimentConfig, output: Path, events_path: Path) -> dict
     return env
 
 
-def _watch(worker: threading.Thread, events_path: Path, bars: _Bars) -> list[dict]:
-    """Feed the bars from the progress file until the pipeline thread ends; returns every event."""
+class _Stop(Exception):
+    """SIGINT or SIGTERM reached ``memaudit run``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT and SIGTERM raise :class:`_Stop` in the main thread for the duration of the block."""
+
+    def handler(signum, _frame):
+        raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _terminate(child: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """End the pipeline's whole process session: SIGTERM, then SIGKILL after ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=wait)
+            if sig == signal.SIGKILL or not _session_alive(child.pid):
+                return
+
+
+def _session_alive(session: int) -> bool:
+    try:
+        os.killpg(session, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _watch(child: subprocess.Popen, events_path: Path, bars: _Bars) -> list[dict]:
+    """Feed the bars from the progress file until the pipeline process ends; returns every event."""
     events: list[dict] = []
     offset = 0
     while True:
-        alive = worker.is_alive()
-        worker.join(timeout=0.5)
+        done = child.poll() is not None
         new, offset = read_events(events_path, offset)
         for event in new:
             bars.update(event)
         events.extend(new)
-        if not alive:
+        if done:
             return events
-
-
-def _failure(failure: BaseException, events: list[dict], log_path: Path) -> MemauditError:
-    """The one-line error of a failed run: the last task error reported, else the runner's own."""
-    errors = [e for e in events if e["event"] == "error"]
-    if errors:
-        return MemauditError(errors[-1]["message"], errors[-1].get("fix"))
-    return MemauditError(
-        f"the pipeline failed ({type(failure).__name__}: {str(failure)[:200]})", f"see the task logs in {log_path}"
-    )
+        time.sleep(0.5)
 
 
 def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = True) -> LocalRun:
-    """Run the whole pipeline for ``cfg`` with outputs under ``output``; raises on a failed task."""
-    from kfp import local
-
+    """Run the whole pipeline for ``cfg`` with outputs under ``output``; raises on a failed task, and
+    :class:`Interrupted` (after stopping every task) on SIGINT or SIGTERM."""
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     log_path, events_path = output / "kfp.log", output / "progress.jsonl"
     events_path.unlink(missing_ok=True)
-    # no retries with back-off on this machine: a failed task is reported at once
-    pipeline = build_pipeline(cfg.model_copy(update={"run": cfg.run.model_copy(update={"retries": 0})}))
+    shutil.rmtree(output / "work", ignore_errors=True)  # scratch folders of tasks an earlier run abandoned
+    config_path = output / "run-config.yaml"
+    config_path.write_text(cfg.to_yaml())
+    env = {**os.environ, **_environment(cfg, output, events_path)}
     bars = _Bars(cfg.shadows.n_shadows, sys.stderr, progress)
-    failure: list[BaseException] = []
-    start = time.monotonic()
-
-    def target() -> None:
+    start, events = time.monotonic(), []
+    with open(log_path, "a") as log, _stop_on_signals():
+        command = [sys.executable, "-m", "memaudit.pipelines.local", str(config_path), str(output)]
+        child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            pipeline(preset=cfg.preset or "", config_yaml=cfg.to_yaml())
-        except BaseException as exc:  # reported by the watching thread
-            failure.append(exc)
-
-    with scoped_env(_environment(cfg, output, events_path)):
-        with open(log_path, "a") as log, contextlib.redirect_stdout(log), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
-            worker = threading.Thread(target=target, daemon=True)
-            worker.start()
-            events = _watch(worker, events_path, bars)
-        bars.close()
-        if failure:
-            raise _failure(failure[0], events, log_path)
+            events = _watch(child, events_path, bars)
+        except _Stop as stop:
+            _terminate(child)
+            bars.close()
+            events += read_events(events_path)[0][len(events) :]
+            raise Interrupted(stop.signum, _kept(cfg, events, output)) from None
+    bars.close()
+    if child.returncode:
+        raise _failure(events, output, log_path)
+    with scoped_env({STORE_DIR_ENV: str(output / "store")}):
         summary, report = collect_results(cfg, output)
     return LocalRun(output, log_path, time.monotonic() - start, summary, report, events)
+
+
+def _shadow_state(events: list[dict]) -> tuple[set[int], dict[int, str]]:
+    """(complete shadows, {shadow: last checkpoint reached}) from the progress events."""
+    complete = {e["shadow"] for e in events if e["stage"] == "score" and e["event"] in ("done", "skipped")}
+    partial = {
+        e["shadow"]: e["detail"].split()[-1].split("/")[0]
+        for e in events
+        if e["stage"] == "finetune" and e["event"] == "step" and e.get("detail", "").startswith("checkpoint")
+    }
+    return complete, {s: step for s, step in partial.items() if s not in complete}
+
+
+def _kept(cfg: ExperimentConfig, events: list[dict], output: Path) -> str:
+    """The one line an interrupted run prints: what is kept and how to resume."""
+    complete, partial = _shadow_state(events)
+    resumes = ", ".join(f"shadow {s} after step {step}" for s, step in sorted(partial.items()))
+    return (
+        f"{len(complete)} of {cfg.shadows.n_shadows} shadows complete"
+        + (f", {resumes} resume{'s' if len(partial) == 1 else ''} from stored checkpoints" if partial else "")
+        + f"; kept in {output}; run the same command again to resume"
+    )
+
+
+def _failure(events: list[dict], output: Path, log_path: Path) -> MemauditError:
+    """The one-line error of a failed run: which stage of which shadow, and that a rerun resumes."""
+    resume = (
+        "a rerun of the same command resumes: complete shadows are skipped, "
+        "a fine-tune continues after its last stored checkpoint"
+    )
+    errors = [e for e in events if e["event"] == "error"]
+    if errors:
+        e = errors[-1]
+        return MemauditError(f"{_who(e)} failed: {e['message']}", f"{e.get('fix') or 'see ' + str(log_path)}; {resume}")
+    ended = {(e["stage"], e.get("shadow")) for e in events if e["event"] in ("done", "skipped", "error")}
+    running = [e for e in events if e["event"] == "start" and (e["stage"], e.get("shadow")) not in ended]
+    what = f"{_who(running[-1])} stopped without reporting an error (killed?)" if running else "the pipeline failed"
+    return MemauditError(what, f"see the task logs in {log_path}; {resume}")
+
+
+def _who(event: dict) -> str:
+    return event["stage"] + (f" of shadow {event['shadow']}" if event.get("shadow") is not None else "")
+
+
+def _run_pipeline(config_path: Path, output: Path) -> None:
+    """The pipeline process: run the graph through kfp.local (its own session, so it can be stopped whole)."""
+    from kfp import local
+
+    from memaudit.config import load_config
+
+    cfg = load_config(path=config_path)
+    # no retries with back-off on this machine: a failed task is reported at once
+    pipeline = build_pipeline(cfg.model_copy(update={"run": cfg.run.model_copy(update={"retries": 0})}))
+    warnings.simplefilter("ignore")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
+    pipeline(preset=cfg.preset or "", config_yaml=cfg.to_yaml())
 
 
 def stage_table(events: list[dict]) -> str:
@@ -173,3 +260,11 @@ def stage_table(events: list[dict]) -> str:
             f"{stage:<10}{row['done']:>5}{row['skipped']:>9}{row['task_s']:>10.1f}s{row['last'] - row['first']:>7.1f}s"
         )
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        _run_pipeline(Path(sys.argv[1]), Path(sys.argv[2]))
+    except Exception as exc:  # the parent reports from the progress events; the log keeps the details
+        print(f"pipeline failed: {type(exc).__name__}: {exc}", flush=True)
+        sys.exit(1)

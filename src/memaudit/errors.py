@@ -11,3 +11,12 @@ class MemauditError(Exception):
         self.problem = problem.rstrip(". ")
         self.fix = fix
         super().__init__(self.problem + (f"; fix: {fix}" if fix else ""))
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped a run: ``code`` is the exit status (128 + signal), ``kept`` says what survives."""
+
+    def __init__(self, signum: int, kept: str):
+        self.code = 128 + signum
+        self.kept = kept
+        super().__init__(f"interrupted ({'SIGINT' if signum == 2 else 'SIGTERM' if signum == 15 else signum}): {kept}")

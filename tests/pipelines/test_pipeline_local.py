@@ -133,7 +133,7 @@ def test_sigkilled_finetune_resumes_from_the_stored_checkpoint(s3_server, mlflow
     cfg = _write_config(tmp_path / "config.yaml", "training.seed=7", "training.epochs=3")
     env = _env(s3_server, mlflow_server)
     run = subprocess.Popen(_command(tmp_path / "config.yaml", tmp_path / "run"), env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     killed = None
     deadline = time.monotonic() + 600
     while killed is None and time.monotonic() < deadline and run.poll() is None:
@@ -147,7 +147,11 @@ def test_sigkilled_finetune_resumes_from_the_stored_checkpoint(s3_server, mlflow
                     break
         time.sleep(0.05)
     assert killed is not None, "the fine-tune of shadow 0 never reached a checkpoint"
-    assert run.wait(timeout=600) != 0
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 2 and "Traceback" not in err
+    message = err.strip().splitlines()[-1]  # names the stage and the shadow, and says that a rerun resumes
+    assert message.startswith("error: finetune of shadow 0 stopped without reporting an error (killed?)")
+    assert "a rerun of the same command resumes" in message
     storage = RunStorage(s3_store_from_env(env=s3_server.env()), cfg.fingerprint())
     stored = storage.stored_checkpoints(0)
     assert killed in stored and not storage.shadow_complete(0)

@@ -221,3 +221,12 @@ def test_a_cluster_pod_without_object_store_is_refused(env, monkeypatch):
     cfg = small_config()
     with pytest.raises(MemauditError, match="no object store"):
         split_task(config_json=json.dumps(cfg.to_dict()), pool_path="p", member_path="m")
+
+
+def test_a_task_outside_its_run_writes_nowhere(env, monkeypatch, tmp_path):
+    monkeypatch.delenv("MEMAUDIT_STORE_DIR")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(MemauditError, match="this task has no object store; fix: set MEMAUDIT_STORE_DIR"):
+        split_task(config_json=json.dumps(small_config().to_dict()), pool_path="p", member_path="m")
+    assert list((tmp_path / "cwd").iterdir()) == []  # no memaudit-store/ in the current directory

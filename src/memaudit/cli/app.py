@@ -17,7 +17,7 @@ from typer._click.exceptions import ClickException  # typer 0.29 vendors click: 
 from memaudit.cli.options import ConfigOpt, PresetOpt, SetOpt, resolve_config
 from memaudit.cli.stages import stage_app
 from memaudit.config import OVERRIDE_SEPARATOR, preset_descriptions, read_config_file
-from memaudit.errors import MemauditError
+from memaudit.errors import Interrupted, MemauditError
 
 app = typer.Typer(
     add_completion=False,
@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     except MemauditError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except Interrupted as exc:
+        typer.echo(str(exc), err=True)
+        sys.exit(exc.code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -33,17 +33,24 @@ THREADS_ENV = "MEMAUDIT_TORCH_THREADS"
 def run_storage(cfg: ExperimentConfig) -> RunStorage:
     """The object store of this task, bound to the config's fingerprint."""
     root = os.environ.get(STORE_DIR_ENV)
-    if not root and not os.environ.get(ENDPOINT_ENV) and os.environ.get("KFP_POD_NAME"):
-        # in a cluster pod a local folder is lost with the pod, and each task would see an empty store
+    if not root and not os.environ.get(ENDPOINT_ENV):
+        if os.environ.get("KFP_POD_NAME"):  # a local folder would be lost with the pod
+            raise MemauditError(
+                f"this pipeline pod has no object store ({ENDPOINT_ENV} is unset)",
+                "install the chart (ConfigMap run.env_config_map) or point run.env_config_map at one with the S3 "
+                "endpoint",
+            )
+        # never a folder of the current directory: a task outside its run must not write anywhere else
         raise MemauditError(
-            f"this pipeline pod has no object store ({ENDPOINT_ENV} is unset)",
-            "install the chart (ConfigMap run.env_config_map) or point run.env_config_map at one with the S3 endpoint",
+            "this task has no object store", f"set {STORE_DIR_ENV} (memaudit run does) or {ENDPOINT_ENV}"
         )
-    return RunStorage(store_from_env(root or str(Path("memaudit-store").resolve())), cfg.fingerprint())
+    return RunStorage(store_from_env(root), cfg.fingerprint())
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else sqlite beside the local store."""
+    """``MLFLOW_TRACKING_URI``, else sqlite beside the local store (``memaudit run`` sets both)."""
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not os.environ.get(STORE_DIR_ENV):
+        raise MemauditError("this task has no MLflow tracking URI", "set MLFLOW_TRACKING_URI (memaudit run does)")
     return tracking.tracking_uri(os.environ.get(STORE_DIR_ENV) or ".")
 
 
