@@ -6,7 +6,9 @@ functions). Problems with the user's input end with a one-line message on stderr
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -70,7 +72,7 @@ def run(
     from memaudit.pipelines.local import run_local, stage_table
     from memaudit.report.outputs import format_summary
 
-    output = output or Path("runs") / (cfg.preset or "custom")
+    output = check_output_dir(output or Path("runs") / (cfg.preset or "custom"))
     typer.echo(f"memaudit run: preset {cfg.preset or '-'}, fingerprint {cfg.fingerprint()}, output {output}")
     result = run_local(cfg, output, progress=progress)
     typer.echo(stage_table(result.events))
@@ -145,6 +147,41 @@ def submit(
     typer.echo(f"follow it at {result.run_url}")
 
 
+_OS_FIXES = {
+    errno.ENOSPC: "free some disk space and run it again (writes are atomic: nothing was left half-written)",
+    errno.EEXIST: "pass a path that is not an existing file",
+    errno.ENOTDIR: "pass a path whose folders are folders, not files",
+    errno.EISDIR: "pass a file path, not a folder",
+    errno.EACCES: "pass a path you may write (or fix its permissions)",
+    errno.EPERM: "pass a path you may write (or fix its permissions)",
+    errno.EROFS: "pass a path on a writable file system",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_problem(exc: OSError) -> str:
+    """One line for a file-system error: the path, the system's reason and a fix."""
+    where = f" {exc.filename}" if exc.filename else ""
+    fix = _OS_FIXES.get(exc.errno, "check the path and the disk")
+    return f"cannot use{where}: {exc.strerror or exc}; fix: {fix}"
+
+
+def check_output_dir(path: Path) -> Path:
+    """An output folder that exists (created when missing) and can be written, else a one-line error."""
+    if path.exists() and not path.is_dir():
+        raise MemauditError(f"output {path} is a file", "pass a folder path (it is created when missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".memaudit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MemauditError(
+            f"output folder {path} cannot be written ({exc.strerror})", "pass a folder you may write"
+        ) from None
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning :class:`MemauditError` into one line on stderr and exit code 2."""
     try:
@@ -155,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     except Interrupted as exc:
         typer.echo(str(exc), err=True)
         sys.exit(exc.code)
+    except OSError as exc:  # a path that cannot be read or written, a full disk: one line, never a traceback
+        typer.echo(f"error: {os_problem(exc)}", err=True)
+        sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
