@@ -1,6 +1,7 @@
 """The pipeline's task bodies on a local store: outputs sealed, completed work skipped, killed work resumed."""
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,23 @@ def test_a_task_outside_its_run_writes_nowhere(env, monkeypatch, tmp_path):
     with pytest.raises(MemauditError, match="this task has no object store; fix: set MEMAUDIT_STORE_DIR"):
         split_task(config_json=json.dumps(small_config().to_dict()), pool_path="p", member_path="m")
     assert list((tmp_path / "cwd").iterdir()) == []  # no memaudit-store/ in the current directory
+
+
+def test_an_unreachable_tracking_server_never_fails_a_training_task(env, monkeypatch, capsys):
+    cfg = small_config()
+    result, art = _prepare(env, cfg)  # the parent run opens on the sqlite store
+    with socket.socket() as sock:  # a port that was free a moment ago: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr("memaudit.tasks.runtime.TRACK_WAIT_S", 0.01)
+    _finetune(result, art, 1)
+    _score(result, art, 1)
+    assert RunStorage(LocalStore(env / "store"), cfg.fingerprint()).shadow_complete(1)
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == [
+        f"memaudit: warning: shadow 1's training was not logged to MLflow (cannot reach MLflow at "
+        f"http://127.0.0.1:{port} (Connection refused)); its outputs are stored"
+    ]
+    events = _events(env / "progress.jsonl")
+    assert [e["event"] for e in events if e["stage"] == "finetune" and e["event"] != "step"] == ["start", "done"]

@@ -53,15 +53,35 @@ def parse_endpoint(endpoint: str, secure: bool | None) -> tuple[str, bool]:
     return text, bool(secure)
 
 
+RETRY_STATUS = (429, 500, 502, 503, 504)  # throttling (429, 503 SlowDown) and server errors
+RETRY_BACKOFF_S, RETRY_BACKOFF_MAX_S, RETRY_JITTER_S = 0.5, 20.0, 0.5
+
+
+def retry_policy(retries: int) -> urllib3.Retry:
+    """Bounded exponential backoff with jitter (0.5 s, 1 s, 2 s … capped at 20 s, + up to 0.5 s) on connection
+    errors, timeouts, throttling and 5xx, for every S3 call (uploads included: they are idempotent); ``retries``
+    = 8 spans about a minute, long enough for an S3 server to restart."""
+    return urllib3.Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        allowed_methods=None,
+        status_forcelist=RETRY_STATUS,
+        backoff_factor=RETRY_BACKOFF_S,
+        backoff_max=RETRY_BACKOFF_MAX_S,
+        backoff_jitter=RETRY_JITTER_S,
+        respect_retry_after_header=True,
+    )
+
+
 def pool_manager(*, connect: float, read: float, retries: int, secure: bool) -> urllib3.PoolManager:
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=connect, read=read),
         maxsize=10,
         cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE",
         ca_certs=(os.environ.get("SSL_CERT_FILE") or certifi.where()) if secure else None,
-        retries=urllib3.Retry(
-            total=retries, connect=retries, read=retries, backoff_factor=0.3, status_forcelist=[500, 502, 503, 504]
-        ),
+        retries=retry_policy(retries),
     )
 
 
@@ -87,7 +107,7 @@ class S3Store(ObjectStore):
         create_bucket: bool = True,
         connect_timeout: float = 3.0,
         read_timeout: float = 30.0,
-        retries: int = 3,
+        retries: int = 8,
     ):
         super().__init__()
         host, self.secure = parse_endpoint(endpoint, secure)

@@ -18,7 +18,16 @@ from memaudit.data.splits import shadow_members
 from memaudit.stages.schedule import schedule_for
 from memaudit.store.base import CorruptedObject
 from memaudit.store.layout import ADAPTER_DIR, TRAINER_STATE, checkpoint_step
-from memaudit.tasks.runtime import Task, TaskResult, base_model_folder, set_threads, task, tracking_uri, work_dir
+from memaudit.tasks.runtime import (
+    Task,
+    TaskResult,
+    base_model_folder,
+    set_threads,
+    task,
+    track_quietly,
+    tracking_uri,
+    work_dir,
+)
 
 
 def _shadow_metrics(train_log: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +125,11 @@ def finetune_task(
             t.store.put_bytes(log_key, json.dumps(train_log, indent=1).encode())
             t.outcome["tokens_per_s"] = train_log.get("tokens_per_s")
         reused = {"reused": 1.0 if t.outcome["event"] == "skipped" else 0.0}
-        tracking.log_shadow(tracking_uri(), parent_run_id, shadow, _shadow_metrics(train_log), extra_metrics=reused)
+        metrics = _shadow_metrics(train_log)
+        track_quietly(
+            f"shadow {shadow}'s training",
+            lambda: tracking.log_shadow(tracking_uri(), parent_run_id, shadow, metrics, extra_metrics=reused),
+        )
         uri = t.store.uri(t.layout.shadow(shadow))
         manifest = {"uri": uri, "shadow": shadow, "checkpoints": steps}
         Path(manifest_path).write_text(json.dumps(manifest))

@@ -9,7 +9,7 @@ from pathlib import Path
 from memaudit import tracking
 from memaudit.report.html import REPORT
 from memaudit.store import download_uri
-from memaudit.tasks.runtime import task, tracking_uri, work_dir
+from memaudit.tasks.runtime import task, track_quietly, tracking_uri, work_dir
 
 
 def plot_task(
@@ -26,7 +26,9 @@ def plot_task(
         shutil.copyfile(work / "report" / REPORT, html_path)
         summary = json.loads(Path(summary_path).read_text())
         artifacts = sorted(p for p in (work / "report").iterdir() if p.suffix in (".html", ".png"))
-        tracking.log_summary(tracking_uri(), parent_run_id, summary, artifacts)
+        track_quietly(
+            "the summary and report", lambda: tracking.log_summary(tracking_uri(), parent_run_id, summary, artifacts)
+        )
         uri = t.store.uri(t.layout.report(t.cfg.evaluation_fingerprint(), REPORT))
         t.outcome["report"] = uri
     return uri

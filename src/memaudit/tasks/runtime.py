@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,25 @@ def tracking_uri() -> str:
     if not os.environ.get("MLFLOW_TRACKING_URI") and not os.environ.get(STORE_DIR_ENV):
         raise MemauditError("this task has no MLflow tracking URI", "set MLFLOW_TRACKING_URI (memaudit run does)")
     return tracking.tracking_uri(os.environ.get(STORE_DIR_ENV) or ".")
+
+
+TRACK_ATTEMPTS, TRACK_WAIT_S = 3, 2.0
+
+
+def track_quietly(what: str, call: Callable[[], Any]) -> bool:
+    """Log to MLflow without ever failing the task: ``call()`` is retried (2 s, 4 s), then dropped with one
+    warning line; returns whether it was logged. Only opening a run's tracking (prepare) is fatal."""
+    for attempt in range(TRACK_ATTEMPTS):
+        try:
+            call()
+            return True
+        except MemauditError as exc:
+            problem = exc.problem
+            if attempt + 1 < TRACK_ATTEMPTS:
+                time.sleep(TRACK_WAIT_S * 2**attempt)
+    print(f"memaudit: warning: {what} was not logged to MLflow ({problem}); its outputs are stored", file=sys.stderr)
+    progress.emit("tracking", "warning", message=f"{what} was not logged to MLflow ({problem})")
+    return False
 
 
 def set_threads() -> None:
