@@ -180,8 +180,11 @@ def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = Tru
     bars.close()
     if child.returncode:
         raise _failure(events, output, log_path)
+    missing = next(
+        (e.get("missing_shadows", []) for e in events if e["stage"] == "aggregate" and "population" in e), []
+    )
     with scoped_env({STORE_DIR_ENV: str(output / "store")}):
-        summary, report = collect_results(cfg, output)
+        summary, report = collect_results(cfg, output, missing)
     return LocalRun(output, log_path, time.monotonic() - start, summary, report, events)
 
 

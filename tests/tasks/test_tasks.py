@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 
 from memaudit.errors import MemauditError
 from memaudit.progress import read_events
+from memaudit.stages import finetune as stages_finetune
 from memaudit.store import LocalStore, RunStorage
 from memaudit.tasks import aggregate as aggregate_tasks
 from memaudit.tasks.finetune import finetune_task
+from memaudit.tasks.plot import plot_task
 from memaudit.tasks.prepare import prepare_task
 from memaudit.tasks.score import score_task
 from memaudit.tasks.split import split_task
@@ -129,8 +131,8 @@ def test_killed_finetune_resumes_from_the_store_and_ends_identical(env, tmp_path
         return real_upload(self, shadow, step, adapter_dir)
 
     monkeypatch.setattr(RunStorage, "upload_checkpoint", dying_upload)
-    with pytest.raises(MemauditError, match="simulated kill"):
-        _finetune(result, art, 0)
+    failed = _finetune(result, art, 0)  # recorded in the task's output, so that the other shadows go on
+    assert failed.uri == "failed:0:finetune: simulated kill after three checkpoints"
     storage = RunStorage(LocalStore(env / "store"), cfg.fingerprint())
     assert storage.stored_checkpoints(0) == calls and len(calls) == 3
     monkeypatch.setattr(RunStorage, "upload_checkpoint", real_upload)
@@ -165,8 +167,7 @@ def test_a_damaged_checkpoint_of_a_killed_shadow_is_set_aside_and_the_shadow_ret
         return real_upload(self, shadow, step, adapter_dir)
 
     monkeypatch.setattr(RunStorage, "upload_checkpoint", die_after_two)
-    with pytest.raises(MemauditError):
-        _finetune(result, art, 2)
+    assert _finetune(result, art, 2).uri.startswith("failed:2:finetune: simulated kill")
     monkeypatch.setattr(RunStorage, "upload_checkpoint", real_upload)
     stored = sorted((env / "store").glob(f"{cfg.fingerprint()}/shadows/2/ckpt-*/adapter/adapter_model.safetensors"))
     _flip_last_byte(stored[-1])
@@ -197,6 +198,47 @@ def test_damaged_scores_of_a_sealed_shadow_are_set_aside_and_only_scoring_reruns
     assert RunStorage(LocalStore(env / "store"), cfg.fingerprint()).store.verify_complete(
         f"{cfg.fingerprint()}/shadows/0"
     )
+
+
+def _aggregate(result, art: Path, uris: list[str]):
+    return aggregate_tasks.aggregate_task(
+        config_json=result.config_json, parent_run_id=result.parent_run_id, score_uris=uris,
+        pool_path=str(art / "pool.parquet"), samples_path=str(art / "samples"), summary_path=str(art / "summary"),
+    )  # fmt: skip
+
+
+def test_a_failed_shadow_does_not_sink_the_others_when_min_complete_allows(env, monkeypatch):
+    result, art = _prepare(env, small_config("shadows.n_shadows=4"))
+    real = stages_finetune.finetune
+
+    def broken_for_shadow_2(cfg, pool, member, shadow, *args, **kwargs):
+        if shadow == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(cfg, pool, member, shadow, *args, **kwargs)
+
+    monkeypatch.setattr(stages_finetune, "finetune", broken_for_shadow_2)
+    uris = []
+    for shadow in range(4):
+        _finetune(result, art, shadow)
+        uris.append(_score(result, art, shadow).uri)
+    reason = "failed:2:finetune: RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert uris[2] == reason  # the score task passes its fine-tune's failure on
+    with pytest.raises(MemauditError, match=r"1 of 4 shadows failed \(shadow 2: finetune: RuntimeError: CUDA .*"
+                       r"set shadows\.min_complete=3 to aggregate the 3 complete ones"):  # fmt: skip
+        _aggregate(result, art, uris)
+    partial = small_config("shadows.n_shadows=4", "shadows.min_complete=0.75")
+    result = result.__class__(**{**result.__dict__, "config_json": json.dumps(partial.to_dict())})
+    out = _aggregate(result, art, uris)
+    summary = json.loads((art / "summary").read_text())
+    assert summary["missing_shadows"] == [2] and summary["shadow_ids"] == [0, 1, 3] and summary["n_shadows_used"] == 2
+    assert "-without-" in out.uri
+    report = plot_task(
+        config_json=result.config_json, parent_run_id=result.parent_run_id, aggregate_uri=out.uri,
+        samples_path=str(art / "samples"), summary_path=str(art / "summary"), html_path=str(art / "report.html"),
+    )  # fmt: skip
+    assert "-without-" in report and "missing shadows" in (art / "report.html").read_text()
+    events = [(e["stage"], e["shadow"], e["event"]) for e in _events(env / "progress.jsonl") if e["event"] == "error"]
+    assert ("finetune", 2, "error") in events
 
 
 def test_headline_metrics_and_roc_for_the_kfp_ui(tmp_path):

@@ -9,6 +9,7 @@ the shadow trainings.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import yaml
@@ -161,14 +162,26 @@ class ShadowsConfig(_Section):
     target: int = Field(0, ge=0, description="the audited model among the shadows")
     scheme: Literal["paper", "balanced"] = "paper"
     seed: int = Field(0, description="seed of the 'balanced' scheme ('paper' seeds model s with s)")
+    min_complete: int | float | None = _free(
+        None, "aggregate when at least this many shadows (a count, or a share in (0, 1]) are complete; default all"
+    )
 
     @model_validator(mode="after")
     def _target_in_range(self) -> ShadowsConfig:
         if self.target >= self.n_shadows:
             raise ValueError(f"target {self.target} must be < n_shadows {self.n_shadows}")
+        if self.min_complete is not None and not 2 <= self.required() <= self.n_shadows:
+            raise ValueError(f"min_complete {self.min_complete} must name 2 to {self.n_shadows} shadows")
         if self.scheme == "balanced" and self.n_shadows % 2:
             raise ValueError("scheme 'balanced' needs an even n_shadows")
         return self
+
+    def required(self) -> int:
+        """How many complete shadows the aggregate needs (``min_complete``: a count, or a share rounded up)."""
+        value = self.min_complete
+        if value is None:
+            return self.n_shadows
+        return math.ceil(value * self.n_shadows) if isinstance(value, float) and value <= 1 else int(value)
 
 
 class EvaluationConfig(_Section):

@@ -101,6 +101,7 @@ def _facts(cfg: ExperimentConfig, data: AggregateOutputs) -> list[tuple[str, str
         ("evaluation fingerprint", s["evaluation_fingerprint"]),
         ("target model", str(s["target"])),
         ("shadow models (besides the target)", str(s["n_shadows_used"])),
+        ("missing shadows (failed, left out)", ", ".join(map(str, s.get("missing_shadows", []))) or "none"),
         ("LiRA", f"{s['lira_mode']}; memorized rule {s['memorized_rule']} (LLR ≥ {data.memorized_threshold:.4g})"),
         ("prediction checkpoint c_pred", f"step {c['step']}, epoch {c['epoch']:g} ({c['rule']})"),
         ("best P-SMI layer", f"{best['layer']} (FPR@TPR={data.tpr_target:g}: {_fraction(best['fpr_at_tpr'])})"),

@@ -195,6 +195,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"c_pred: step {c['step']} (epoch {c['epoch']:g}, {c['rule']}); best P-SMI layer {best['layer']}",
         f"off-the-shelf (layer {ots['layer']}, P-SMI < 0): FPR {ots['fpr']:.4f}, TPR {ots['tpr']:.4f}",
         f"memorized: {summary['n_memorized']} of {summary['n_members']} target members "
-        f"({summary['share_memorized']:.1%}), {summary['n_shadows_used']} shadows, LiRA {summary['lira_mode']}",
+        f"({summary['share_memorized']:.1%}), {summary['n_shadows_used']} shadows, LiRA {summary['lira_mode']}"
+        + (f"; missing shadows {summary['missing_shadows']}" if summary.get("missing_shadows") else ""),
     ]
     return "\n".join(lines)

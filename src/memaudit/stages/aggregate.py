@@ -311,8 +311,10 @@ def aggregate(
     output_dir: str | Path,
     *,
     progress: bool = True,
+    missing: list[int] = (),
 ) -> dict[str, Any]:
-    """Run the aggregate stage; writes the four outputs into ``output_dir`` and returns the summary."""
+    """Run the aggregate stage; writes the four outputs into ``output_dir`` and returns the summary. ``missing``:
+    the shadows that failed and are left out (the summary lists them)."""
     paths = [Path(p) for p in score_paths]
     if len(paths) < 2:
         raise MemauditError(f"aggregate needs at least 2 score files, got {len(paths)}", "score more shadows")
@@ -326,7 +328,7 @@ def aggregate(
         members = pop.member[0]
         numbers, curves = _evaluate_target(names, [v[members] for v in values], truth.flags, cfg.evaluation.tpr_target)
         samples = _samples(cfg, train, pop, truth, values)
-        summary = _summary(cfg, pop, truth, samples, numbers, values)
+        summary = {**_summary(cfg, pop, truth, samples, numbers, values), "missing_shadows": sorted(missing)}
         timeline = _timeline(cfg, pop, truth.flags)
     except ValueError as exc:  # the metrics refuse arrays they cannot score
         raise MemauditError(f"aggregate: {exc}", _FIX) from None

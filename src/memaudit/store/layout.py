@@ -17,6 +17,7 @@ names below are the only definition of the artifact names a shadow's local work 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -106,6 +107,14 @@ class RunLayout:
 
     def scores(self, shadow: int) -> str:
         return f"{self.shadow(shadow)}/{SCORES}"
+
+    def population(self, evaluation_fingerprint: str, missing: list[int] = ()) -> str:
+        """The key of an aggregate over the whole population (the evaluation fingerprint) or over all but the
+        ``missing`` shadows (``<evaluation fp>-without-<digest of their ids>``)."""
+        if not missing:
+            return evaluation_fingerprint
+        digest = hashlib.sha256(",".join(map(str, sorted(missing))).encode()).hexdigest()[:8]
+        return f"{evaluation_fingerprint}-without-{digest}"
 
     def aggregate(self, evaluation_fingerprint: str, name: str = "") -> str:
         """The aggregate's prefix for these evaluation settings, or the key of its output ``name``."""

@@ -23,6 +23,7 @@ from memaudit.tasks.runtime import (
     TaskResult,
     base_model_folder,
     set_threads,
+    shadow_failed,
     task,
     track_quietly,
     tracking_uri,
@@ -98,7 +99,16 @@ def _train(t: Task, shadow: int, pool, member, stored: set[int], base_model_path
     return finetune(t.cfg, pool, member, shadow, base, work, device=device, progress=False, on_checkpoint=on_checkpoint)
 
 
-def finetune_task(
+def finetune_task(**kwargs: Any) -> TaskResult:
+    """Train one shadow (see :func:`_finetune_task`); a failure is recorded in its output, not raised, so that the
+    other shadows go on and the aggregate can use the complete ones (``shadows.min_complete``)."""
+    try:
+        return _finetune_task(**kwargs)
+    except Exception as exc:
+        return shadow_failed("finetune", kwargs["shadow"], exc, kwargs["manifest_path"])
+
+
+def _finetune_task(
     *,
     config_json: str,
     shadow: int,

@@ -19,16 +19,17 @@ def plot_task(
     from memaudit.report.html import render_report
 
     with task("plot", config_json=config_json) as t, work_dir("plot") as work:
-        prefix = t.layout.report(t.cfg.evaluation_fingerprint())
+        summary = json.loads(Path(summary_path).read_text())
+        population = t.layout.population(t.cfg.evaluation_fingerprint(), summary.get("missing_shadows", []))
+        prefix = t.layout.report(population)
         download_uri(aggregate_uri, work / "aggregate")
         if t.reuse_or_build_dir(prefix, work / "report", lambda out: render_report(t.cfg, work / "aggregate", out)):
             t.skipped()
         shutil.copyfile(work / "report" / REPORT, html_path)
-        summary = json.loads(Path(summary_path).read_text())
         artifacts = sorted(p for p in (work / "report").iterdir() if p.suffix in (".html", ".png"))
         track_quietly(
             "the summary and report", lambda: tracking.log_summary(tracking_uri(), parent_run_id, summary, artifacts)
         )
-        uri = t.store.uri(t.layout.report(t.cfg.evaluation_fingerprint(), REPORT))
+        uri = t.store.uri(t.layout.report(population, REPORT))
         t.outcome["report"] = uri
     return uri

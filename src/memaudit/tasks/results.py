@@ -14,10 +14,11 @@ from memaudit.tasks.runtime import run_storage
 REPORT_DIR = "report"
 
 
-def collect_results(cfg: ExperimentConfig, output: str | Path) -> tuple[dict[str, Any], Path]:
-    """Copy the run's summary and report from its store into ``output``; returns (summary, report path)."""
+def collect_results(cfg: ExperimentConfig, output: str | Path, missing: list[int] = ()) -> tuple[dict[str, Any], Path]:
+    """Copy the run's summary and report (of the population without the ``missing`` shadows) from its store into
+    ``output``; returns (summary, report path)."""
     output, storage = Path(output), run_storage(cfg)
-    efp = cfg.evaluation_fingerprint()
-    summary_path = storage.store.get_file(storage.layout.aggregate(efp, SUMMARY), output / SUMMARY)
-    storage.store.get_dir(storage.layout.report(efp), output / REPORT_DIR)
+    population = storage.layout.population(cfg.evaluation_fingerprint(), missing)
+    summary_path = storage.store.get_file(storage.layout.aggregate(population, SUMMARY), output / SUMMARY)
+    storage.store.get_dir(storage.layout.report(population), output / REPORT_DIR)
     return json.loads(summary_path.read_text()), output / REPORT_DIR / REPORT

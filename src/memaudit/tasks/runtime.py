@@ -180,6 +180,9 @@ def task(
     except MemauditError as exc:
         progress.emit(name, "error", shadow=shadow, message=exc.problem, fix=exc.fix)
         raise
+    except Exception as exc:  # reported like a MemauditError; a shadow task then records it (shadow_failed)
+        progress.emit(name, "error", shadow=shadow, message=f"{type(exc).__name__}: {exc}", fix=None)
+        raise
     outcome = current.outcome
     progress.emit(name, outcome.pop("event"), shadow=shadow, **outcome)
 
@@ -194,3 +197,23 @@ def base_model_folder(base_model_path: str) -> Path | None:
     """The base model folder handed over by prepare, or None for a Hub model (loaded by name)."""
     path = Path(base_model_path)
     return path if (path / "config.json").is_file() else None
+
+
+FAILED_PREFIX = "failed:"  # the output URI of a shadow task that failed: failed:<shadow>:<stage>: <problem>
+
+
+def shadow_failed(stage: str, shadow: int, exc: Exception, manifest_path: str) -> TaskResult:
+    """What a shadow task returns when it fails: the loop goes on (the aggregate decides with
+    ``shadows.min_complete``), and its output names the shadow, the stage and the problem."""
+    problem = exc.problem if isinstance(exc, MemauditError) else f"{type(exc).__name__}: {exc}"
+    uri = f"{FAILED_PREFIX}{shadow}:{stage}: {' '.join(problem.split())[:300]}"
+    Path(manifest_path).write_text(json.dumps({"shadow": shadow, "failed": uri}))
+    return TaskResult(uri=uri, metadata={"shadow": shadow, "failed": uri})
+
+
+def failure_of(uri: str) -> tuple[int, str] | None:
+    """(shadow, "stage: problem") of a failed shadow task's output URI, else None."""
+    if not uri.startswith(FAILED_PREFIX):
+        return None
+    shadow, _, what = uri[len(FAILED_PREFIX) :].partition(":")
+    return int(shadow), what.strip()

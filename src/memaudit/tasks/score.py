@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from memaudit.data.splits import shadow_members
 from memaudit.stages.schedule import schedule_for
-from memaudit.tasks.runtime import Task, TaskResult, base_model_folder, set_threads, task, work_dir
+from memaudit.tasks.runtime import Task, TaskResult, base_model_folder, set_threads, shadow_failed, task, work_dir
 
 
 def _score(t: Task, shadow: int, pool_path: str, member_path: str, base_model_path: str) -> None:
@@ -29,7 +30,19 @@ def _score(t: Task, shadow: int, pool_path: str, member_path: str, base_model_pa
         t.store.put_file(t.layout.scores(shadow), scores)
 
 
-def score_task(
+def score_task(**kwargs: Any) -> TaskResult:
+    """Score one shadow (see :func:`_score_task`); a failure, or its fine-tune's, is recorded in its output."""
+    upstream = json.loads(Path(kwargs["checkpoints_manifest"]).read_text()).get("failed")
+    if upstream:
+        Path(kwargs["manifest_path"]).write_text(json.dumps({"shadow": kwargs["shadow"], "failed": upstream}))
+        return TaskResult(uri=upstream, metadata={"shadow": kwargs["shadow"], "failed": upstream})
+    try:
+        return _score_task(**kwargs)
+    except Exception as exc:
+        return shadow_failed("score", kwargs["shadow"], exc, kwargs["manifest_path"])
+
+
+def _score_task(
     *,
     config_json: str,
     shadow: int,
