@@ -199,9 +199,9 @@ def test_parent_children_summary(uri, tmp_path, monkeypatch, request):
     report.write_text("<html>report</html>")
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "roc.png").write_bytes(b"\x89PNG")
-    log_summary(uri, parent, SUMMARY, [report, tmp_path / "figures"])
+    log_summary(uri, parent, {**SUMMARY, "missing_shadows": [3, 7]}, [report, tmp_path / "figures"])
     run = client.get_run(parent)
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["memaudit.missing_shadows"] == "3,7"
     assert {k: run.data.metrics[k] for k in FLAT} == FLAT
     listed = {a.path for a in client.list_artifacts(parent)} | {
         a.path for a in client.list_artifacts(parent, "figures")

@@ -322,6 +322,9 @@ def log_summary(
     with _client(uri) as client:
         _parent(client, parent_run_id, uri)
         _log_metrics(client, parent_run_id, [(k, v, 0) for k, v in metrics.items()])
+        client.set_tag(
+            parent_run_id, "memaudit.missing_shadows", ",".join(map(str, summary.get("missing_shadows", [])))
+        )
         client.log_dict(parent_run_id, dict(summary), "summary.json")
         for path in map(Path, artifacts):
             if path.is_dir():
