@@ -1,3 +1,3 @@
-"""Shared pytest configuration: the fixtures that start real services (tests/services.py)."""
+"""Shared pytest configuration: the fixtures that start real services and point tasks at a run (tests/support)."""
 
-pytest_plugins = ["tests.support.services"]
+pytest_plugins = ["tests.support.services", "tests.support.task_runs"]

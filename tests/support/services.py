@@ -141,62 +141,65 @@ def _s3_ready(endpoint: str, access_key: str, secret_key: str, bucket: str) -> C
     return ready
 
 
+class SeaweedFS:
+    """A ``weed mini`` S3 server on 127.0.0.1 that can be stopped and started again on the same ports and data."""
+
+    NAMES = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc", "admin",
+             "admin.grpc")  # fmt: skip
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.access_key, self.secret_key = "memaudit-test-key", "memaudit-test-secret-" + os.urandom(6).hex()
+        identity = {"name": "memaudit", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}]}
+        identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+        (base / "s3.json").write_text(json.dumps({"identities": [identity]}))
+        (base / "data").mkdir()
+        self.ports = dict(zip(self.NAMES, free_ports(len(self.NAMES)), strict=True))
+        self.endpoint = f"http://{HOST}:{self.ports['s3']}"
+        self.proc: subprocess.Popen | None = None
+
+    def _command(self) -> list[str]:
+        p, base = self.ports, self.base
+        flags = [f"-{name}.port={p[name]}" if "." not in name else f"-{name.replace('.grpc', '.port.grpc')}={p[name]}"
+                 for name in self.NAMES]  # fmt: skip
+        return [
+            _weed_binary(), "mini", f"-dir={base / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}", *flags,
+            f"-filer.localSocket={base / 'filer.sock'}", f"-s3.localSocket={base / 's3.sock'}",
+            f"-s3.config={base / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+            "-admin.ui=false", "-master.telemetry=false", f"-bucket={S3_BUCKET}",
+        ]  # fmt: skip
+
+    def start(self) -> float:
+        """Start it and wait until the bucket answers; returns the seconds it took."""
+        started = time.monotonic()
+        self.proc = _start(
+            self._command(),
+            log=self.base / "weed.log",
+            cwd=self.base,
+            env={**os.environ, "HOME": str(self.base)},
+            ready=_s3_ready(self.endpoint, self.access_key, self.secret_key, S3_BUCKET),
+            name="SeaweedFS (weed mini)",
+            timeout_s=30,
+        )
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+    def service(self, startup_s: float) -> S3Service:
+        return S3Service(self.endpoint, self.access_key, self.secret_key, S3_BUCKET, startup_s, self.base / "weed.log")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
     """A SeaweedFS S3 server on 127.0.0.1 with bucket ``memaudit-test``; stopped at the end of the session."""
-    base = tmp_path_factory.mktemp("seaweedfs")
-    access_key, secret_key = "memaudit-test-key", "memaudit-test-secret-" + os.urandom(6).hex()
-    config = base / "s3.json"
-    identity = {"name": "memaudit", "credentials": [{"accessKey": access_key, "secretKey": secret_key}]}
-    identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
-    config.write_text(json.dumps({"identities": [identity]}))
-    (base / "data").mkdir()
-    names = ["master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc", "admin"]
-    names += ["admin.grpc"]
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
-    cmd = [
-        _weed_binary(),
-        "mini",
-        f"-dir={base / 'data'}",
-        f"-ip={HOST}",
-        f"-ip.bind={HOST}",
-        f"-master.port={ports['master']}",
-        f"-master.port.grpc={ports['master.grpc']}",
-        f"-volume.port={ports['volume']}",
-        f"-volume.port.grpc={ports['volume.grpc']}",
-        f"-filer.port={ports['filer']}",
-        f"-filer.port.grpc={ports['filer.grpc']}",
-        f"-filer.localSocket={base / 'filer.sock'}",
-        f"-s3.port={ports['s3']}",
-        f"-s3.port.grpc={ports['s3.grpc']}",
-        f"-s3.localSocket={base / 's3.sock'}",
-        f"-s3.config={config}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-webdav=false",
-        "-admin.ui=false",
-        f"-admin.port={ports['admin']}",
-        f"-admin.port.grpc={ports['admin.grpc']}",
-        "-master.telemetry=false",
-        f"-bucket={S3_BUCKET}",
-    ]
-    endpoint = f"http://{HOST}:{ports['s3']}"
-    log = base / "weed.log"
-    started = time.monotonic()
-    proc = _start(
-        cmd,
-        log=log,
-        cwd=base,
-        env={**os.environ, "HOME": str(base)},
-        ready=_s3_ready(endpoint, access_key, secret_key, S3_BUCKET),
-        name="SeaweedFS (weed mini)",
-        timeout_s=30,
-    )
-    STARTUP_TIMES["SeaweedFS S3"] = time.monotonic() - started
+    weed = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    STARTUP_TIMES["SeaweedFS S3"] = weed.start()
     try:
-        yield S3Service(endpoint, access_key, secret_key, S3_BUCKET, STARTUP_TIMES["SeaweedFS S3"], log)
+        yield weed.service(STARTUP_TIMES["SeaweedFS S3"])
     finally:
-        _stop(proc)
+        weed.stop()
 
 
 def _http_ok(url: str) -> Callable[[], bool]:

@@ -2,96 +2,50 @@
 
 import json
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from memaudit.errors import MemauditError
-from memaudit.progress import read_events
 from memaudit.stages import finetune as stages_finetune
 from memaudit.store import LocalStore, RunStorage
 from memaudit.tasks import aggregate as aggregate_tasks
-from memaudit.tasks.finetune import finetune_task
-from memaudit.tasks.plot import plot_task
-from memaudit.tasks.prepare import prepare_task
-from memaudit.tasks.score import score_task
 from memaudit.tasks.split import split_task
 from tests.support.pipeline_config import small_config
+from tests.support.task_runs import (
+    aggregate,
+    final_adapter,
+    finetune,
+    flip_last_byte,
+    plot,
+    prepare,
+    progress_events,
+    quarantined,
+    score,
+)
 
 pytestmark = pytest.mark.slow  # trains and scores tiny shadows through the task bodies
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """Point the tasks at a store, work dir, progress file and sqlite MLflow inside tmp_path."""
-    monkeypatch.setenv("MEMAUDIT_STORE_DIR", str(tmp_path / "store"))
-    monkeypatch.setenv("MEMAUDIT_WORK_DIR", str(tmp_path / "work"))
-    monkeypatch.setenv("MEMAUDIT_TORCH_THREADS", "1")
-    monkeypatch.setenv("MEMAUDIT_PROGRESS_FILE", str(tmp_path / "progress.jsonl"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MEMAUDIT_S3_ENDPOINT", raising=False)
-    torch.set_num_threads(1)
-    return tmp_path
-
-
-def _events(path: Path) -> list[dict]:
-    return read_events(path)[0]
-
-
-def _prepare(root: Path, cfg):
-    art = root / "artifacts"
-    art.mkdir(exist_ok=True)
-    result = prepare_task(
-        preset="", config_yaml=cfg.to_yaml(), overrides="", n_shadows=0, dataset="", model="", run_name="t",
-        pool_path=str(art / "pool.parquet"), base_model_path=str(art / "base_model"),
-    )  # fmt: skip
-    split_task(config_json=result.config_json, pool_path=str(art / "pool.parquet"), member_path=str(art / "m"))
-    return result, art
-
-
-def _finetune(result, art: Path, shadow: int):
-    return finetune_task(
-        config_json=result.config_json, shadow=shadow, parent_run_id=result.parent_run_id,
-        pool_path=str(art / "pool.parquet"), member_path=str(art / "m"), base_model_path=str(art / "base_model"),
-        manifest_path=str(art / f"ckpts-{shadow}.json"),
-    )  # fmt: skip
-
-
-def _score(result, art: Path, shadow: int):
-    return score_task(
-        config_json=result.config_json, shadow=shadow, pool_path=str(art / "pool.parquet"),
-        member_path=str(art / "m"), base_model_path=str(art / "base_model"),
-        checkpoints_manifest=str(art / f"ckpts-{shadow}.json"), manifest_path=str(art / f"scores-{shadow}.json"),
-    )  # fmt: skip
-
-
-def _final_adapter(root: Path, cfg, shadow: int, step: int) -> dict[str, torch.Tensor]:
-    storage = RunStorage(LocalStore(root / "store"), cfg.fingerprint())
-    out = storage.download_checkpoints(shadow, root / "check", [step])[step]
-    return load_file(out / "adapter_model.safetensors")
-
-
 def test_prepare_builds_once_then_reuses_the_stored_pool_and_model(env):
     cfg = small_config()
-    first, art = _prepare(env, cfg)
+    first, art = prepare(env, cfg)
     assert first.fingerprint == cfg.fingerprint() and first.shadow_ids == [0, 1, 2]
     assert (art / "base_model" / "config.json").is_file()
     store = LocalStore(env / "store")
     assert store.is_sealed(f"{cfg.fingerprint()}/pool.parquet") and store.is_complete(f"{cfg.fingerprint()}/base-model")
-    again, _ = _prepare(env, cfg)
-    events = [(e["stage"], e["event"]) for e in _events(env / "progress.jsonl") if e["event"] != "start"]
+    again, _ = prepare(env, cfg)
+    events = [(e["stage"], e["event"]) for e in progress_events(env / "progress.jsonl") if e["event"] != "start"]
     assert events == [("prepare", "done"), ("split", "done"), ("prepare", "skipped"), ("split", "skipped")]
     assert again.parent_run_id != first.parent_run_id  # one MLflow parent per pipeline run
 
 
 def test_finetune_score_seal_the_shadow_and_a_rerun_skips(env, monkeypatch):
     cfg = small_config()
-    result, art = _prepare(env, cfg)
-    ft = _finetune(result, art, 1)
-    sc = _score(result, art, 1)
+    result, art = prepare(env, cfg)
+    ft = finetune(result, art, 1)
+    sc = score(result, art, 1)
     storage = RunStorage(LocalStore(env / "store"), cfg.fingerprint())
     assert storage.shadow_complete(1) and storage.store.verify_complete(storage.layout.shadow(1))
     assert sc.uri.endswith(f"{cfg.fingerprint()}/shadows/1/scores.npz")
@@ -103,9 +57,9 @@ def test_finetune_score_seal_the_shadow_and_a_rerun_skips(env, monkeypatch):
 
     monkeypatch.setattr("memaudit.stages.finetune.finetune", must_not_train)
     monkeypatch.setattr("memaudit.stages.score.score_shadow", must_not_train)
-    _finetune(result, art, 1)
-    _score(result, art, 1)
-    last = [(e["stage"], e["event"]) for e in _events(env / "progress.jsonl")][-4:]
+    finetune(result, art, 1)
+    score(result, art, 1)
+    last = [(e["stage"], e["event"]) for e in progress_events(env / "progress.jsonl")][-4:]
     assert last == [("finetune", "start"), ("finetune", "skipped"), ("score", "start"), ("score", "skipped")]
 
 
@@ -114,13 +68,13 @@ def test_killed_finetune_resumes_from_the_store_and_ends_identical(env, tmp_path
     # reference: an uninterrupted run in its own store
     ref_root = tmp_path_factory.mktemp("ref")
     monkeypatch.setenv("MEMAUDIT_STORE_DIR", str(ref_root / "store"))
-    result, art = _prepare(ref_root, cfg)
-    ref = _finetune(result, art, 0)
+    result, art = prepare(ref_root, cfg)
+    ref = finetune(result, art, 0)
     final_step = ref.metadata["checkpoints"][-1]
-    reference = _final_adapter(ref_root, cfg, 0, final_step)
+    reference = final_adapter(ref_root, cfg, 0, final_step)
 
     monkeypatch.setenv("MEMAUDIT_STORE_DIR", str(env / "store"))
-    result, art = _prepare(env, cfg)
+    result, art = prepare(env, cfg)
     real_upload = RunStorage.upload_checkpoint
     calls = []
 
@@ -131,34 +85,23 @@ def test_killed_finetune_resumes_from_the_store_and_ends_identical(env, tmp_path
         return real_upload(self, shadow, step, adapter_dir)
 
     monkeypatch.setattr(RunStorage, "upload_checkpoint", dying_upload)
-    failed = _finetune(result, art, 0)  # recorded in the task's output, so that the other shadows go on
+    failed = finetune(result, art, 0)  # recorded in the task's output, so that the other shadows go on
     assert failed.uri == "failed:0:finetune: simulated kill after three checkpoints"
     storage = RunStorage(LocalStore(env / "store"), cfg.fingerprint())
     assert storage.stored_checkpoints(0) == calls and len(calls) == 3
     monkeypatch.setattr(RunStorage, "upload_checkpoint", real_upload)
-    _finetune(result, art, 0)
-    resumed = [e for e in _events(env / "progress.jsonl") if e.get("detail", "").startswith("resuming")]
+    finetune(result, art, 0)
+    resumed = [e for e in progress_events(env / "progress.jsonl") if e.get("detail", "").startswith("resuming")]
     assert resumed and resumed[-1]["detail"] == f"resuming after step {calls[-1]}"
-    got = _final_adapter(env, cfg, 0, final_step)
+    got = final_adapter(env, cfg, 0, final_step)
     assert got.keys() == reference.keys()
     for key in got:
         assert torch.equal(got[key], reference[key]), key
 
 
-def _flip_last_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def _quarantined(root: Path, cfg) -> list[str]:
-    base = root / "store" / cfg.fingerprint() / "quarantine"
-    return sorted(str(p.relative_to(base)).split("/", 1)[1] for p in base.rglob("*") if p.is_file())
-
-
 def test_a_damaged_checkpoint_of_a_killed_shadow_is_set_aside_and_the_shadow_retrained(env, monkeypatch):
     cfg = small_config()
-    result, art = _prepare(env, cfg)
+    result, art = prepare(env, cfg)
     real_upload = RunStorage.upload_checkpoint
 
     def die_after_two(self, shadow, step, adapter_dir):
@@ -167,32 +110,32 @@ def test_a_damaged_checkpoint_of_a_killed_shadow_is_set_aside_and_the_shadow_ret
         return real_upload(self, shadow, step, adapter_dir)
 
     monkeypatch.setattr(RunStorage, "upload_checkpoint", die_after_two)
-    assert _finetune(result, art, 2).uri.startswith("failed:2:finetune: simulated kill")
+    assert finetune(result, art, 2).uri.startswith("failed:2:finetune: simulated kill")
     monkeypatch.setattr(RunStorage, "upload_checkpoint", real_upload)
     stored = sorted((env / "store").glob(f"{cfg.fingerprint()}/shadows/2/ckpt-*/adapter/adapter_model.safetensors"))
-    _flip_last_byte(stored[-1])
-    _finetune(result, art, 2)  # the damaged checkpoint is moved aside and shadow 2 trains afresh
-    damaged = [e for e in _events(env / "progress.jsonl") if e["event"] == "damaged"]
+    flip_last_byte(stored[-1])
+    finetune(result, art, 2)  # the damaged checkpoint is moved aside and shadow 2 trains afresh
+    damaged = [e for e in progress_events(env / "progress.jsonl") if e["event"] == "damaged"]
     assert len(damaged) == 1 and damaged[0]["shadow"] == 2 and "ckpt-" in damaged[0]["message"]
-    assert f"shadows/2/{stored[-1].parent.parent.name}/adapter/adapter_model.safetensors" in _quarantined(env, cfg)
-    _score(result, art, 2)
+    assert f"shadows/2/{stored[-1].parent.parent.name}/adapter/adapter_model.safetensors" in quarantined(env, cfg)
+    score(result, art, 2)
     assert RunStorage(LocalStore(env / "store"), cfg.fingerprint()).shadow_complete(2)
 
 
 def test_damaged_scores_of_a_sealed_shadow_are_set_aside_and_only_scoring_reruns(env, monkeypatch):
     cfg = small_config()
-    result, art = _prepare(env, cfg)
-    _finetune(result, art, 0)
-    _score(result, art, 0)
+    result, art = prepare(env, cfg)
+    finetune(result, art, 0)
+    score(result, art, 0)
     scores = env / "store" / cfg.fingerprint() / "shadows" / "0" / "scores.npz"
     good = scores.read_bytes()
-    _flip_last_byte(scores)
+    flip_last_byte(scores)
     monkeypatch.setattr("memaudit.stages.finetune.finetune", lambda *a, **k: pytest.fail("retrained"))
-    _finetune(result, art, 0)  # verifies the sealed shadow: the scores are set aside, the checkpoints kept
-    assert _quarantined(env, cfg) == ["shadows/0/COMPLETE", "shadows/0/scores.npz"]
-    _score(result, art, 0)
+    finetune(result, art, 0)  # verifies the sealed shadow: the scores are set aside, the checkpoints kept
+    assert quarantined(env, cfg) == ["shadows/0/COMPLETE", "shadows/0/scores.npz"]
+    score(result, art, 0)
     assert scores.read_bytes() == good  # recomputed, identical
-    events = _events(env / "progress.jsonl")
+    events = progress_events(env / "progress.jsonl")
     assert [e["event"] for e in events if e["stage"] == "finetune"][-2:] == ["damaged", "skipped"]
     assert [e["event"] for e in events if e["stage"] == "score"][-1] == "done"
     assert RunStorage(LocalStore(env / "store"), cfg.fingerprint()).store.verify_complete(
@@ -200,15 +143,8 @@ def test_damaged_scores_of_a_sealed_shadow_are_set_aside_and_only_scoring_reruns
     )
 
 
-def _aggregate(result, art: Path, uris: list[str]):
-    return aggregate_tasks.aggregate_task(
-        config_json=result.config_json, parent_run_id=result.parent_run_id, score_uris=uris,
-        pool_path=str(art / "pool.parquet"), samples_path=str(art / "samples"), summary_path=str(art / "summary"),
-    )  # fmt: skip
-
-
 def test_a_failed_shadow_does_not_sink_the_others_when_min_complete_allows(env, monkeypatch):
-    result, art = _prepare(env, small_config("shadows.n_shadows=4"))
+    result, art = prepare(env, small_config("shadows.n_shadows=4"))
     real = stages_finetune.finetune
 
     def broken_for_shadow_2(cfg, pool, member, shadow, *args, **kwargs):
@@ -219,25 +155,24 @@ def test_a_failed_shadow_does_not_sink_the_others_when_min_complete_allows(env, 
     monkeypatch.setattr(stages_finetune, "finetune", broken_for_shadow_2)
     uris = []
     for shadow in range(4):
-        _finetune(result, art, shadow)
-        uris.append(_score(result, art, shadow).uri)
+        finetune(result, art, shadow)
+        uris.append(score(result, art, shadow).uri)
     reason = "failed:2:finetune: RuntimeError: CUDA error: an illegal memory access was encountered"
     assert uris[2] == reason  # the score task passes its fine-tune's failure on
     with pytest.raises(MemauditError, match=r"1 of 4 shadows failed \(shadow 2: finetune: RuntimeError: CUDA .*"
                        r"set shadows\.min_complete=3 to aggregate the 3 complete ones"):  # fmt: skip
-        _aggregate(result, art, uris)
+        aggregate(result, art, uris)
     partial = small_config("shadows.n_shadows=4", "shadows.min_complete=0.75")
     result = result.__class__(**{**result.__dict__, "config_json": json.dumps(partial.to_dict())})
-    out = _aggregate(result, art, uris)
+    out = aggregate(result, art, uris)
     summary = json.loads((art / "summary").read_text())
     assert summary["missing_shadows"] == [2] and summary["shadow_ids"] == [0, 1, 3] and summary["n_shadows_used"] == 2
     assert "-without-" in out.uri
-    report = plot_task(
-        config_json=result.config_json, parent_run_id=result.parent_run_id, aggregate_uri=out.uri,
-        samples_path=str(art / "samples"), summary_path=str(art / "summary"), html_path=str(art / "report.html"),
-    )  # fmt: skip
+    report = plot(result, art, out.uri)
     assert "-without-" in report and "missing shadows" in (art / "report.html").read_text()
-    events = [(e["stage"], e["shadow"], e["event"]) for e in _events(env / "progress.jsonl") if e["event"] == "error"]
+    events = [
+        (e["stage"], e["shadow"], e["event"]) for e in progress_events(env / "progress.jsonl") if e["event"] == "error"
+    ]
     assert ("finetune", 2, "error") in events
 
 
@@ -277,19 +212,19 @@ def test_a_task_outside_its_run_writes_nowhere(env, monkeypatch, tmp_path):
 
 def test_an_unreachable_tracking_server_never_fails_a_training_task(env, monkeypatch, capsys):
     cfg = small_config()
-    result, art = _prepare(env, cfg)  # the parent run opens on the sqlite store
+    result, art = prepare(env, cfg)  # the parent run opens on the sqlite store
     with socket.socket() as sock:  # a port that was free a moment ago: connection refused
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setattr("memaudit.tasks.runtime.TRACK_WAIT_S", 0.01)
-    _finetune(result, art, 1)
-    _score(result, art, 1)
+    finetune(result, art, 1)
+    score(result, art, 1)
     assert RunStorage(LocalStore(env / "store"), cfg.fingerprint()).shadow_complete(1)
     warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warning == [
         f"memaudit: warning: shadow 1's training was not logged to MLflow (cannot reach MLflow at "
         f"http://127.0.0.1:{port} (Connection refused)); its outputs are stored"
     ]
-    events = _events(env / "progress.jsonl")
+    events = progress_events(env / "progress.jsonl")
     assert [e["event"] for e in events if e["stage"] == "finetune" and e["event"] != "step"] == ["start", "done"]

@@ -231,6 +231,8 @@ class ObjectStore(abc.ABC):
         try:
             stream = self._raw_open(key)
         except ObjectNotFound:
+            if expected:  # a marker lists it: damage, not a task that has not run yet
+                raise self._corrupted(key, expected["prefix"], missing=True) from None
             raise MemauditError(f"{self.uri(key)} not found", "run the task that writes it first") from None
         try:
             reader = HashingReader(stream)

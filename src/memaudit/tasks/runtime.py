@@ -29,6 +29,7 @@ from memaudit.store.base import CorruptedObject
 STORE_DIR_ENV = "MEMAUDIT_STORE_DIR"
 WORK_DIR_ENV = "MEMAUDIT_WORK_DIR"
 THREADS_ENV = "MEMAUDIT_TORCH_THREADS"
+FAULT_ENV = "MEMAUDIT_INJECT_FAILURE"  # the fault-injection suite: "finetune:3,score:7" tasks fail when they start
 
 
 def run_storage(cfg: ExperimentConfig) -> RunStorage:
@@ -174,6 +175,8 @@ def task(
     the prepare task's JSON (or ``resolve()``, for prepare itself) and the run's storage."""
     progress.emit(name, "start", shadow=shadow)
     try:
+        if f"{name}:{shadow}" in os.environ.get(FAULT_ENV, "").split(","):
+            raise RuntimeError(f"injected failure ({FAULT_ENV})")
         cfg = resolve() if resolve is not None else config_from_dict(json.loads(config_json), source="task config")
         current = Task(name, shadow, cfg, run_storage(cfg))
         yield current
