@@ -2,12 +2,9 @@
 checkpoint (at most one checkpoint interval lost) and ends bit-identical to an uninterrupted run."""
 
 import itertools
-import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,32 +18,17 @@ from tests.support.pipeline_config import small_config
 from tests.support.task_runs import (
     final_adapter,
     finetune,
+    finetune_kwargs,
     point_tasks_at,
     prepare,
     progress_events,
     score,
     task_env,
+    task_in_subprocess,
 )
 
 N_KILLS = 5
 CONFIG = ("training.epochs=6",)
-
-
-def _in_subprocess(root: Path, function: str, kwargs: dict) -> subprocess.Popen:
-    """The task ``memaudit.tasks.<function>`` in a process of its own, as a pipeline runner starts it."""
-    module, name = function.rsplit(".", 1)
-    code = f"import json, sys; from memaudit.tasks.{module} import {name}; {name}(**json.loads(sys.argv[1]))"
-    env = {**os.environ, **task_env(root)}
-    return subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-
-
-def _finetune_kwargs(result, art: Path, shadow: int) -> dict:
-    return {
-        "config_json": result.config_json, "shadow": shadow, "parent_run_id": result.parent_run_id,
-        "pool_path": str(art / "pool.parquet"), "member_path": str(art / "m"),
-        "base_model_path": str(art / "base_model"), "manifest_path": str(art / f"ckpts-{shadow}.json"),
-    }  # fmt: skip
 
 
 def _checkpoints_seen(root: Path, shadow: int) -> list[int]:
@@ -92,8 +74,8 @@ def test_finetune_killed_at_random_points_resumes_and_ends_identical(env, tmp_pa
     lost, survived = [], 0
     for target in targets:
         before = storage.stored_checkpoints(0)
-        killed_at = _kill_after(_in_subprocess(env, "finetune.finetune_task", _finetune_kwargs(result, art, 0)),
-                                env, 0, target, rng.uniform(0.0, 0.3))  # fmt: skip
+        proc = task_in_subprocess(task_env(env), "finetune.finetune_task", finetune_kwargs(result, art, 0))
+        killed_at = _kill_after(proc, env, 0, target, rng.uniform(0.0, 0.3))
         stored = storage.stored_checkpoints(0)
         if killed_at is not None and killed_at in stored and set(before) <= set(stored):
             survived += 1  # nothing sealed before the kill was lost
@@ -120,7 +102,7 @@ def test_a_killed_scoring_task_is_recomputed_identically(env, tmp_path_factory, 
         "member_path": str(art / "m"), "base_model_path": str(art / "base_model"),
         "checkpoints_manifest": str(art / "ckpts-1.json"), "manifest_path": str(art / "scores-1.json"),
     }  # fmt: skip
-    proc = _in_subprocess(env, "score.score_task", kwargs)
+    proc = task_in_subprocess(task_env(env), "score.score_task", kwargs)
     deadline = time.monotonic() + 120
     while not any(e["stage"] == "score" for e in progress_events(env / "progress.jsonl")):
         assert time.monotonic() < deadline and proc.poll() is None

@@ -183,3 +183,34 @@ def _compile(cfg):
         path = Path(tmp) / "audit.yaml"
         compile_pipeline(cfg, path)
         return _load(path)[1]
+
+
+class _Artifact:
+    """What KFP hands a component for an input or output artifact: a path and a metadata dict."""
+
+    def __init__(self, path: Path):
+        self.path, self.metadata = str(path), {}
+
+
+@pytest.mark.parametrize("stage", ["finetune", "score"])
+def test_a_failing_shadow_task_returns_its_failure_so_the_loop_goes_on(stage, tmp_path, monkeypatch):
+    """KFP ignores retry policies inside ParallelFor (#12389) and fails the DAG with any iteration: a shadow task
+    therefore reports its failure as its output (a per-iteration status), and the aggregate decides with
+    shadows.min_complete. No ignore_upstream_failure is needed, so every backend >= the floor runs it."""
+    from memaudit.components import finetune, score
+
+    for key in ("MEMAUDIT_STORE_DIR", "MEMAUDIT_S3_ENDPOINT", "KFP_POD_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    (tmp_path / "ckpts").write_text(json.dumps({"shadow": 3}))
+    common = {"config_json": json.dumps(load_config(preset="demo").to_dict()), "shadow": 3}
+    arts = {name: _Artifact(tmp_path / name) for name in ("pool", "member", "base_model")}
+    out = _Artifact(tmp_path / "out")
+    if stage == "finetune":
+        uri = finetune.finetune(**common, parent_run_id="p", **arts, checkpoints=out)
+    else:
+        uri = score.score(**common, **arts, checkpoints=_Artifact(tmp_path / "ckpts"), scores=out)
+    assert uri.startswith(f"failed:3:{stage}: this task has no object store")
+    assert out.metadata == kfp_metadata(out.metadata) and out.metadata["failed"] == uri
+    spec, _ = _load(COMPILED)
+    aggregate = spec["root"]["dag"]["tasks"]["aggregate"]
+    assert "triggerPolicy" not in aggregate  # nothing backend-specific: the loop's outputs carry the status

@@ -12,6 +12,7 @@ import pytest
 
 from memaudit.progress import read_events
 from memaudit.store import LocalStore, RunStorage
+from tests.support.faults import record
 from tests.support.pipeline_config import small_config
 
 pytestmark = pytest.mark.slow
@@ -71,6 +72,8 @@ def interrupted(tmp_path_factory):
 def test_a_signal_stops_the_run_within_seconds_with_one_line(interrupted, sig, code):
     root, results = interrupted
     returncode, err, took, left = results[sig]
+    stopped = returncode == code and took < 15 and left == [] and "Traceback" not in err
+    record(f"{sig.name} during memaudit run", 1, int(stopped), "the training since each shadow's last checkpoint")
     assert returncode == code and took < 15 and left == []
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]

@@ -1,5 +1,9 @@
 """Running the pipeline's task bodies in a test: the environment they read, and one call per task."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +106,19 @@ def plot(result, art: Path, aggregate_uri: str) -> str:
         config_json=result.config_json, parent_run_id=result.parent_run_id, aggregate_uri=aggregate_uri,
         samples_path=str(art / "samples"), summary_path=str(art / "summary"), html_path=str(art / "report.html"),
     )  # fmt: skip
+
+
+def task_in_subprocess(env: dict[str, str], function: str, kwargs: dict) -> subprocess.Popen:
+    """The task ``memaudit.tasks.<function>`` in a process of its own (with ``env``), as a runner starts it."""
+    module, name = function.rsplit(".", 1)
+    code = f"import json, sys; from memaudit.tasks.{module} import {name}; {name}(**json.loads(sys.argv[1]))"
+    command = [sys.executable, "-c", code, json.dumps(kwargs)]
+    return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def finetune_kwargs(result, art: Path, shadow: int) -> dict:
+    return {
+        "config_json": result.config_json, "shadow": shadow, "parent_run_id": result.parent_run_id,
+        "pool_path": str(art / "pool.parquet"), "member_path": str(art / "m"),
+        "base_model_path": str(art / "base_model"), "manifest_path": str(art / f"ckpts-{shadow}.json"),
+    }  # fmt: skip
