@@ -209,7 +209,11 @@ def shadow_failed(stage: str, shadow: int, exc: Exception, manifest_path: str) -
     """What a shadow task returns when it fails: the loop goes on (the aggregate decides with
     ``shadows.min_complete``), and its output names the shadow, the stage and the problem."""
     problem = exc.problem if isinstance(exc, MemauditError) else f"{type(exc).__name__}: {exc}"
-    uri = f"{FAILED_PREFIX}{shadow}:{stage}: {' '.join(problem.split())[:300]}"
+    return failed_result(f"{FAILED_PREFIX}{shadow}:{stage}: {' '.join(problem.split())[:300]}", shadow, manifest_path)
+
+
+def failed_result(uri: str, shadow: int, manifest_path: str) -> TaskResult:
+    """The output of a shadow task that failed (or whose upstream task did): the failure URI, in its manifest too."""
     Path(manifest_path).write_text(json.dumps({"shadow": shadow, "failed": uri}))
     return TaskResult(uri=uri, metadata={"shadow": shadow, "failed": uri})
 

@@ -8,7 +8,16 @@ from typing import Any
 
 from memaudit.data.splits import shadow_members
 from memaudit.stages.schedule import schedule_for
-from memaudit.tasks.runtime import Task, TaskResult, base_model_folder, set_threads, shadow_failed, task, work_dir
+from memaudit.tasks.runtime import (
+    Task,
+    TaskResult,
+    base_model_folder,
+    failed_result,
+    set_threads,
+    shadow_failed,
+    task,
+    work_dir,
+)
 
 
 def _score(t: Task, shadow: int, pool_path: str, member_path: str, base_model_path: str) -> None:
@@ -34,8 +43,7 @@ def score_task(**kwargs: Any) -> TaskResult:
     """Score one shadow (see :func:`_score_task`); a failure, or its fine-tune's, is recorded in its output."""
     upstream = json.loads(Path(kwargs["checkpoints_manifest"]).read_text()).get("failed")
     if upstream:
-        Path(kwargs["manifest_path"]).write_text(json.dumps({"shadow": kwargs["shadow"], "failed": upstream}))
-        return TaskResult(uri=upstream, metadata={"shadow": kwargs["shadow"], "failed": upstream})
+        return failed_result(upstream, kwargs["shadow"], kwargs["manifest_path"])
     try:
         return _score_task(**kwargs)
     except Exception as exc:
