@@ -127,13 +127,6 @@ class Task:
         print(f"memaudit: {who}: {message}; recomputing", file=sys.stderr, flush=True)
         progress.emit(self.name, "damaged", shadow=self.shadow, message=message)
 
-    def intact(self, prefix: str) -> bool:
-        """Whether every file the sealed ``prefix`` lists is present and matches; a damaged prefix is set aside."""
-        damaged = self.store.damaged(prefix)
-        if damaged:
-            self.set_aside(prefix, damaged)
-        return not damaged
-
     def reuse_or_build_dir(self, prefix: str, out: Path, build: Callable[[Path], Any]) -> bool:
         """Download the sealed ``prefix`` into ``out`` (verified as it is read), or ``build(out)``, upload it and
         seal the prefix; a damaged prefix is set aside and rebuilt. Returns whether it was reused."""
