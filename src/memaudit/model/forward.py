@@ -9,7 +9,7 @@ the other positions are never computed.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,3 +40,26 @@ def answer_forward(
     logits = out.logits[:, 0, :]
     hidden = [out.hidden_states[layer][:, ANSWER_POSITION, :] for layer in layers] if want_hidden else []
     return logits, hidden
+
+
+def length_batches(rows: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of ``batch_size``, sorted by length (less padding); outputs go back by index."""
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def forward_batches(
+    model,
+    rows: Sequence[np.ndarray],
+    pad_id: int,
+    device: torch.device,
+    model_cfg: ModelConfig,
+    batch_size: int,
+    layers: Sequence[int] = (),
+) -> Iterator[tuple[np.ndarray, torch.Tensor, list[torch.Tensor]]]:
+    """(row indices, float logits [B, V], hidden states) of :func:`answer_forward` over ``rows`` in
+    :func:`length_batches`."""
+    for batch in length_batches(rows, batch_size):
+        with autocast(model_cfg, device):
+            logits, states = answer_forward(model, [rows[i] for i in batch], pad_id, device, layers)
+        yield batch, logits.float(), states

@@ -47,6 +47,7 @@ from memaudit.store.layout import ADAPTER_DIR, TRAIN_LOG
 
 OnCheckpoint = Callable[[int, Path], None]
 OnLog = Callable[[int, dict[str, float]], None]
+StopWhen = Callable[[torch.nn.Module, int], bool]
 
 
 def _seed(*parts: int) -> int:
@@ -93,6 +94,8 @@ class _Trainer:
         self.session_tokens = 0
         self.session_start = self.last_time = time.perf_counter()
         self.model = self.optimizer = self.scheduler = None
+        self.stop_when: StopWhen | None = None
+        self.stopped_at: int | None = None
 
     def build(self, base_model: str | Path | None) -> None:
         cfg, t = self.cfg, self.cfg.training
@@ -129,9 +132,11 @@ class _Trainer:
             "peak_memory_kind": peak_kind,
             "loss": self.history["curve"],
             "checkpoints": self.history["checkpoints"],
+            "stopped_at": self.stopped_at,
         }
 
-    def checkpoint(self, step: int, on_checkpoint: OnCheckpoint | None) -> None:
+    def checkpoint(self, step: int, on_checkpoint: OnCheckpoint | None) -> bool:
+        """Save the checkpoint of ``step``; True when ``stop_when`` ends training there."""
         now = time.perf_counter()
         self.history["wall_time_s"] += now - self.last_time
         self.last_time = now
@@ -146,6 +151,9 @@ class _Trainer:
         write_json(self.output_dir / TRAIN_LOG, self.log_state())
         if on_checkpoint is not None:
             on_checkpoint(step, path)
+        if self.stop_when is not None and self.stop_when(self.model, step):
+            self.stopped_at = step
+        return self.stopped_at is not None
 
     def step(self, step: int, rows: list[np.ndarray], labels: torch.Tensor, pad_id: int) -> tuple[float, float]:
         """One optimizer step on ``rows``; returns (mean loss, grad norm before clipping)."""
@@ -220,8 +228,8 @@ def _train_loop(
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{trainer.tokens_per_s():.0f}", refresh=False)
             if (step + 1) % log_every == 0 or step + 1 == trainer.total:
                 trainer.record(step + 1, grad_norm, log_every, on_log)
-            if step + 1 in trainer.schedule:
-                trainer.checkpoint(step + 1, on_checkpoint)
+            if step + 1 in trainer.schedule and trainer.checkpoint(step + 1, on_checkpoint):
+                return
 
 
 def finetune(
@@ -237,13 +245,16 @@ def finetune(
     progress: bool = True,
     on_checkpoint: OnCheckpoint | None = None,
     on_log: OnLog | None = None,
+    stop_when: StopWhen | None = None,
 ) -> dict[str, Any]:
     """Train shadow ``shadow`` on its members (``member``: bool over the train pool); returns the train log.
 
     Writes ``output_dir/ckpt-<step>/adapter/`` at every scheduled checkpoint (step 0 included) and
     ``output_dir/train_log.json``. With ``resume`` it continues from the last complete checkpoint; a run whose
     checkpoints are all present returns its log without loading the model. ``on_checkpoint(step, path)`` runs
-    after each checkpoint is complete, ``on_log(step, metrics)`` at each logging interval.
+    after each checkpoint is complete, ``on_log(step, metrics)`` at each logging interval; training ends early at
+    the first checkpoint where ``stop_when(model, step)`` is true (the log's ``stopped_at``; the learning-rate
+    schedule stays that of the full run).
     """
     train = train_pool(validate_pool(pool_df))
     member = member_mask(member, len(train))
@@ -255,13 +266,13 @@ def finetune(
     tokenizer = load_tokenizer(cfg.model, base_model)
     enc = encode_frame(tokenizer, train[member].reset_index(drop=True), cfg.training.max_len)
     trainer.build(base_model)
+    trainer.stop_when = stop_when
     start = _resume(trainer, done, resume)
     trainer.model.train()
     if trainer.dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.dev)
-    if start == 0:
-        trainer.checkpoint(0, on_checkpoint)
-    _train_loop(trainer, enc, tokenizer.pad_token_id, start, progress, on_checkpoint, on_log)
+    if not (start == 0 and trainer.checkpoint(0, on_checkpoint)):
+        _train_loop(trainer, enc, tokenizer.pad_token_id, start, progress, on_checkpoint, on_log)
     result = trainer.log_state()
     write_json(output_dir / TRAIN_LOG, result)
     return result

@@ -28,7 +28,7 @@ from memaudit.data.poolfile import train_pool, validate_pool
 from memaudit.data.splits import member_mask
 from memaudit.errors import MemauditError
 from memaudit.metrics import mahalanobis, psmi
-from memaudit.model.forward import answer_forward, autocast
+from memaudit.model.forward import forward_batches
 from memaudit.model.loading import load_base_model, load_tokenizer, num_layers, resolve_device, resolve_layers
 from memaudit.model.lora import apply_lora, load_adapter_weights
 from memaudit.model.tokenization import EncodedSamples, encode_frame
@@ -100,20 +100,21 @@ class _Scorer:
         self.slot = np.full(len(enc), -1, dtype=np.int64)
         self.slot[kept] = np.arange(len(kept))
         self.n_kept = len(kept)
-        order = np.argsort([len(r) for r in enc.input_ids], kind="stable")
-        bs = cfg.scoring.batch_size
-        self.batches = [order[i : i + bs] for i in range(0, len(order), bs)]
         self.option_ids, self.answer_ids = torch.as_tensor(enc.option_ids), torch.as_tensor(enc.labels)
 
     def checkpoint(self, c: int, out: _Outputs, bar) -> None:
         """Forward the whole pool with the loaded adapter; fill row ``c`` of ``out``."""
         hidden: torch.Tensor | None = None
-        for batch in self.batches:
-            with autocast(self.cfg.model, self.dev):
-                logits, states = answer_forward(
-                    self.model, [self.enc.input_ids[i] for i in batch], self.pad_id, self.dev, self.layers
-                )
-            logits = logits.float()
+        batches = forward_batches(
+            self.model,
+            self.enc.input_ids,
+            self.pad_id,
+            self.dev,
+            self.cfg.model,
+            self.cfg.scoring.batch_size,
+            self.layers,
+        )
+        for batch, logits, states in batches:
             ids = self.option_ids[batch].to(self.dev)
             out.logits[c, batch] = logits.gather(1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf")).cpu().numpy()
             loss = F.cross_entropy(logits, self.answer_ids[batch].to(self.dev), reduction="none")
