@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from memaudit.cli.options import ConfigOpt, PresetOpt, SetOpt, resolve_config
+from memaudit.cli.options import ConfigOpt, DataOpt, PresetOpt, SetOpt, resolve_config
 from memaudit.config.presets import TINY_MODEL
 from memaudit.errors import MemauditError
 
@@ -24,6 +24,7 @@ def stage_prepare(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    data: DataOpt = None,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="local copy of the dataset in its upstream layout (no Hub)")
     ] = None,
@@ -36,7 +37,7 @@ def stage_prepare(
     from memaudit.data.pool import build_pool, pool_summary
     from memaudit.data.poolfile import write_pool
 
-    cfg = resolve_config(preset, config, set_)
+    cfg = resolve_config(preset, config, set_, data)
     if base_model is not None and cfg.model.name != TINY_MODEL:
         raise MemauditError(f"--base-model builds tiny-llama only, not {cfg.model.name}", "drop --base-model")
     pool = build_pool(cfg, data_dir=data_dir)
@@ -63,12 +64,13 @@ def stage_split(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    data: DataOpt = None,
 ) -> None:
     """Draw which train-pool samples each shadow trains on and write the membership matrix."""
     from memaudit.data.poolfile import read_pool, train_pool
     from memaudit.data.splits import membership_for, write_membership
 
-    cfg = resolve_config(preset, config, set_)
+    cfg = resolve_config(preset, config, set_, data)
     n_samples = len(train_pool(read_pool(pool)))
     shadows = cfg.shadows
     member = membership_for(cfg, n_samples)
@@ -91,10 +93,10 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (d
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 
 
-def _stage_inputs(preset, config, set_, pool: Path, members: Path, shadow: int):
+def _stage_inputs(preset, config, set_, data, pool: Path, members: Path, shadow: int):
     from memaudit.data.splits import shadow_members
 
-    return resolve_config(preset, config, set_), *shadow_members(pool, members, shadow)
+    return resolve_config(preset, config, set_, data), *shadow_members(pool, members, shadow)
 
 
 @stage_app.command("finetune")
@@ -109,12 +111,13 @@ def stage_finetune(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    data: DataOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """LoRA fine-tune one shadow on its members (checkpoints under --output)."""
     from memaudit.stages.finetune import finetune
 
-    cfg, df, member = _stage_inputs(preset, config, set_, pool, members, shadow)
+    cfg, df, member = _stage_inputs(preset, config, set_, data, pool, members, shadow)
     log = finetune(
         cfg,
         df,
@@ -143,12 +146,13 @@ def stage_score(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    data: DataOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Forward values and P-SMI of one shadow at every checkpoint (one score file)."""
     from memaudit.stages.score import score_shadow
 
-    cfg, df, member = _stage_inputs(preset, config, set_, pool, members, shadow)
+    cfg, df, member = _stage_inputs(preset, config, set_, data, pool, members, shadow)
     device = device or cfg.scoring.device
     path = score_shadow(cfg, df, member, shadow, base_model, checkpoints, output, device=device, progress=not quiet)
     typer.echo(f"shadow {shadow}: scores -> {path}")
@@ -176,6 +180,7 @@ def stage_aggregate(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    data: DataOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """LiRA ground truth, predictors and their evaluation from all shadows' score files (prints the summary)."""
@@ -183,7 +188,7 @@ def stage_aggregate(
     from memaudit.report.outputs import ROC, SAMPLES, SUMMARY, TIMELINE, format_summary
     from memaudit.stages.aggregate import aggregate
 
-    cfg = resolve_config(preset, config, set_)
+    cfg = resolve_config(preset, config, set_, data)
     paths = _score_paths(scores, more_scores, scores_list)
     summary = aggregate(cfg, paths, read_pool(pool), output, progress=not quiet)
     typer.echo(format_summary(summary))
@@ -197,10 +202,11 @@ def stage_plot(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    data: DataOpt = None,
 ) -> None:
     """Figures and a self-contained HTML report from the aggregate stage's outputs (prints the paths)."""
     from memaudit.report.html import render_report
 
-    cfg = resolve_config(preset, config, set_)
+    cfg = resolve_config(preset, config, set_, data)
     for path in render_report(cfg, aggregate_dir, output).values():
         typer.echo(f"wrote {path}")

@@ -9,16 +9,18 @@ from typing import Any
 from pydantic import BaseModel
 
 NOT_FINGERPRINTED = {"affects_results": False}  # json_schema_extra of a field that does not change results
+FINGERPRINTED_WHEN_SET = {"affects_results": "when set"}  # left out while None: older fingerprints stay valid
 
 
 def result_content(model: BaseModel) -> dict[str, Any]:
-    """The model's fields as JSON, without the fields marked ``affects_results=False``."""
+    """The model's fields as JSON, without the fields marked ``affects_results=False`` (nor those marked
+    ``FINGERPRINTED_WHEN_SET`` while they are None)."""
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
         extra = field.json_schema_extra
-        if isinstance(extra, dict) and extra == NOT_FINGERPRINTED:
-            continue
         value = getattr(model, name)
+        if extra == NOT_FINGERPRINTED or (extra == FINGERPRINTED_WHEN_SET and value is None):
+            continue
         out[name] = _result_value(value)
     return out
 
@@ -31,6 +33,11 @@ def _result_value(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _result_value(v) for k, v in value.items()}
     return value
+
+
+def content_sha256(data: bytes) -> str:
+    """The sha256 hex digest of a file's bytes (``dataset.file_sha256``: the content of an own data file)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def digest(content: Any) -> str:

@@ -10,12 +10,19 @@ the shadow trainings.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from memaudit.config.fingerprint import NOT_FINGERPRINTED, digest, result_content
+from memaudit.config.fingerprint import (
+    FINGERPRINTED_WHEN_SET,
+    NOT_FINGERPRINTED,
+    content_sha256,
+    digest,
+    result_content,
+)
 from memaudit.config.presets import LORA_TARGETS, TINY_MODEL
 
 
@@ -49,7 +56,7 @@ class SyntheticConfig(_Section):
 class DatasetConfig(_Section):
     """Where the pool comes from and how it is built (docs/method.md §1)."""
 
-    name: Literal["synthetic", "arc", "ethics", "mmlu"] = "synthetic"
+    name: Literal["synthetic", "arc", "ethics", "mmlu", "file"] = "synthetic"
     hub_id: str | None = Field(None, description="Hugging Face dataset id; default per dataset")
     hub_config: str | None = Field(None, description="dataset config (ARC-Challenge, commonsense, all)")
     train_split: str | None = Field(None, description="upstream split feeding the pool; default per dataset")
@@ -61,6 +68,13 @@ class DatasetConfig(_Section):
     force_template: int | None = Field(None, ge=0, description="use this template for every sample")
     data_dir: str | None = _free(None, "local copy in the upstream layout, for clusters without Hub access")
     synthetic: SyntheticConfig | None = Field(None, description="generator settings (dataset 'synthetic')")
+    path: str | None = _free(None, "dataset 'file': own classification data (JSONL, CSV or parquet)")
+    file_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="dataset 'file': sha256 of the file's bytes, filled from the file when the config is made",
+        json_schema_extra=FINGERPRINTED_WHEN_SET,
+    )
 
     @model_validator(mode="after")
     def _synthetic_settings(self) -> DatasetConfig:
@@ -69,6 +83,26 @@ class DatasetConfig(_Section):
         if self.name != "synthetic" and self.synthetic is not None:
             raise ValueError("'synthetic' settings are only allowed with dataset name 'synthetic'")
         return self
+
+    @model_validator(mode="after")
+    def _file_settings(self) -> DatasetConfig:
+        """Dataset 'file' needs a path; its content's sha256 is filled in (and fingerprinted) when it is readable."""
+        if self.name != "file":
+            if self.path is not None or self.file_sha256 is not None:
+                raise ValueError("'path' and 'file_sha256' are only allowed with dataset name 'file'")
+        elif not self.path:
+            raise ValueError("dataset 'file' needs dataset.path, the data file (or pass --data FILE)")
+        elif self.file_sha256 is None:
+            object.__setattr__(self, "file_sha256", _file_sha256(self.path))
+        return self
+
+
+def _file_sha256(path: str) -> str | None:
+    """sha256 of the file's bytes; None when it cannot be read here (it may exist only where the pipeline runs)."""
+    try:
+        return content_sha256(Path(path).read_bytes())
+    except OSError:
+        return None
 
 
 class TinyModelConfig(_Section):

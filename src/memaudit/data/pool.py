@@ -30,18 +30,22 @@ import pandas as pd
 from memaudit.config import ExperimentConfig
 from memaudit.data.sources import RAW_COLUMNS, hub_snapshot, load_split, spec_for
 from memaudit.data.templates import TEMPLATE_SETS, ethics_template_set, format_ethics, format_mcq
+from memaudit.data.userfile import read_user_file
 from memaudit.errors import MemauditError
 
 
 def load_sources(
     cfg: ExperimentConfig, data_dir: str | Path | None = None, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """The raw train_hf and test_hf rows of the configured dataset, and its template family (mcq / ethics)."""
+    """The raw train_hf and test_hf rows of the configured dataset, and its template family (mcq / ethics).
+
+    The synthetic set and an own data file (dataset ``file``, :mod:`memaudit.data.userfile`) have no test_hf rows
+    and are multiple-choice; ``data_dir`` is for the paper's datasets only."""
     ds = cfg.dataset
-    if ds.name == "synthetic":
+    if ds.name in ("synthetic", "file"):
         from memaudit.data.synthetic import generate_items
 
-        train = generate_items(ds.synthetic)
+        train = generate_items(ds.synthetic) if ds.synthetic is not None else read_user_file(ds.path, ds.file_sha256)
         if ds.max_train_rows is not None:
             train = train.iloc[: ds.max_train_rows]
         return train, train.iloc[:0], "mcq"
