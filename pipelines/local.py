@@ -25,7 +25,7 @@ from memaudit.environment import scoped_env
 from memaudit.errors import Interrupted, MemauditError
 from memaudit.pipelines.audit import build_pipeline
 from memaudit.progress import PROGRESS_ENV, read_events
-from memaudit.tasks.results import collect_results
+from memaudit.tasks.results import RUN_CONFIG, RUN_STORE, collect_results
 from memaudit.tasks.runtime import STORE_DIR_ENV, THREADS_ENV, WORK_DIR_ENV
 
 
@@ -88,7 +88,7 @@ def _environment(cfg: ExperimentConfig, output: Path, events_path: Path) -> dict
     threads = max(1, (os.cpu_count() or 1) // min(cfg.run.parallelism, cfg.shadows.n_shadows))
     env = {
         PROGRESS_ENV: str(events_path),
-        STORE_DIR_ENV: str(output / "store"),
+        STORE_DIR_ENV: str(output / RUN_STORE),
         WORK_DIR_ENV: str(output / "work"),
         THREADS_ENV: str(threads),
     }
@@ -162,7 +162,7 @@ def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = Tru
     log_path, events_path = output / "kfp.log", output / "progress.jsonl"
     events_path.unlink(missing_ok=True)
     shutil.rmtree(output / "work", ignore_errors=True)  # scratch folders of tasks an earlier run abandoned
-    config_path = output / "run-config.yaml"
+    config_path = output / RUN_CONFIG
     config_path.write_text(cfg.to_yaml())
     env = {**os.environ, **_environment(cfg, output, events_path)}
     bars = _Bars(cfg.shadows.n_shadows, sys.stderr, progress)
@@ -183,7 +183,7 @@ def run_local(cfg: ExperimentConfig, output: str | Path, *, progress: bool = Tru
     missing = next(
         (e.get("missing_shadows", []) for e in events if e["stage"] == "aggregate" and "population" in e), []
     )
-    with scoped_env({STORE_DIR_ENV: str(output / "store")}):
+    with scoped_env({STORE_DIR_ENV: str(output / RUN_STORE)}):
         summary, report = collect_results(cfg, output, missing)
     return LocalRun(output, log_path, time.monotonic() - start, summary, report, events)
 

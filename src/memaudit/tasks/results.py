@@ -12,6 +12,8 @@ from memaudit.report.outputs import SUMMARY
 from memaudit.tasks.runtime import run_storage
 
 REPORT_DIR = "report"
+RUN_CONFIG = "run-config.yaml"  # the resolved config memaudit run writes into its output folder
+RUN_STORE = "store"  # the output folder's object store (when MEMAUDIT_S3_ENDPOINT is unset)
 
 
 def collect_results(cfg: ExperimentConfig, output: str | Path, missing: list[int] = ()) -> tuple[dict[str, Any], Path]:
