@@ -34,6 +34,7 @@ format: $(STAMP)
 
 compile: $(STAMP)
 	$(BIN)/memaudit compile --preset arc-mistral
+	$(BIN)/memaudit compile --preset arc-mistral --pipeline predict
 
 images: $(STAMP)
 	PYTHON=$(BIN)/python bash images/build.sh $(IMAGES_ARGS)

@@ -32,7 +32,7 @@ def model_cache_size(model_name: str) -> str:
     return f"{math.ceil(float(match[1]) * 2 * 1.5) + 10}Gi" if match else "20Gi"
 
 
-def _common(task: dsl.PipelineTask, cfg: ExperimentConfig, name: str, *, gpu: bool) -> None:
+def common_settings(task: dsl.PipelineTask, cfg: ExperimentConfig, name: str, *, gpu: bool) -> None:
     """Resources, credentials and endpoints every task gets; GPU scheduling for the GPU stages."""
     run = cfg.run
     resources = run.gpu_resources if gpu else run.cpu_resources
@@ -65,6 +65,14 @@ def _model_cache(task: dsl.PipelineTask, cfg: ExperimentConfig) -> None:
     )
 
 
+def prepare_step(cfg: ExperimentConfig, parameters: dict) -> dsl.PipelineTask:
+    """The prepare task of a pipeline (it may download a gated dataset or model: the HF token reaches it)."""
+    prep = prepare.component(cfg.run.image_cpu)(**parameters)
+    common_settings(prep, cfg, "prepare", gpu=False)
+    kubernetes.use_secret_as_env(prep, cfg.run.hf_token_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
+    return prep
+
+
 def _shadows_pipeline(cfg: ExperimentConfig):
     """The nested pipeline of the shadow loop: ParallelFor(shadow ids) { finetune → score }, its score URIs out."""
     finetune_op, score_op = finetune.component(cfg.run.image_gpu), score.component(cfg.run.image_gpu)
@@ -81,9 +89,9 @@ def _shadows_pipeline(cfg: ExperimentConfig):
         with dsl.ParallelFor(shadow_ids, parallelism=cfg.run.parallelism) as shadow:
             inputs = {"config_json": config_json, "shadow": shadow, "pool": pool, "member": member}
             train = finetune_op(**inputs, parent_run_id=parent_run_id, base_model=base_model)
-            _common(train, cfg, "finetune", gpu=True)
+            common_settings(train, cfg, "finetune", gpu=True)
             scored = score_op(**inputs, base_model=base_model, checkpoints=train.outputs["checkpoints"])
-            _common(scored, cfg, "score", gpu=True)
+            common_settings(scored, cfg, "score", gpu=True)
         return dsl.Collected(scored.outputs["Output"])
 
     return shadows
@@ -92,12 +100,10 @@ def _shadows_pipeline(cfg: ExperimentConfig):
 def _graph(cfg: ExperimentConfig, shadows, parameters: dict) -> None:
     """prepare → split → shadows → aggregate → plot, from the run's parameters (called while compiling)."""
     cpu = cfg.run.image_cpu
-    prep = prepare.component(cpu)(**parameters)
-    _common(prep, cfg, "prepare", gpu=False)
-    kubernetes.use_secret_as_env(prep, cfg.run.hf_token_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
+    prep = prepare_step(cfg, parameters)
     run_inputs = {"config_json": prep.outputs["config_json"], "parent_run_id": prep.outputs["parent_run_id"]}
     members = split.component(cpu)(config_json=run_inputs["config_json"], pool=prep.outputs["pool"])
-    _common(members, cfg, "split", gpu=False)
+    common_settings(members, cfg, "split", gpu=False)
     fan_out = shadows(
         shadow_ids=prep.outputs["shadow_ids"],
         **run_inputs,
@@ -107,14 +113,14 @@ def _graph(cfg: ExperimentConfig, shadows, parameters: dict) -> None:
     )
     fan_out.set_display_name("shadows")
     agg = aggregate.component(cpu)(**run_inputs, score_uris=fan_out.output, pool=prep.outputs["pool"])
-    _common(agg, cfg, "aggregate", gpu=False)
+    common_settings(agg, cfg, "aggregate", gpu=False)
     report = plot.component(cpu)(
         **run_inputs,
         aggregate_uri=agg.outputs["Output"],
         samples=agg.outputs["samples"],
         summary=agg.outputs["summary"],
     )
-    _common(report, cfg, "plot", gpu=False)
+    common_settings(report, cfg, "plot", gpu=False)
 
 
 def build_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", overrides: str = ""):

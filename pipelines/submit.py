@@ -14,8 +14,7 @@ import yaml
 
 from memaudit.config import ExperimentConfig
 from memaudit.errors import MemauditError
-from memaudit.pipelines.audit import PIPELINE_NAME
-from memaudit.pipelines.compile import compile_pipeline
+from memaudit.pipelines.compile import PipelineKind, compile_pipeline, pipeline_kind
 
 
 @dataclass
@@ -117,11 +116,9 @@ def resolve_token(token: str | None) -> str | None:
         return None
 
 
-def _pipeline_id(client, namespace: str | None) -> str | None:
-    """The id of memaudit's pipeline visible in ``namespace`` (kfp's get_pipeline_id ignores namespaces)."""
-    name_filter = json.dumps(
-        {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": PIPELINE_NAME}]}
-    )
+def _pipeline_id(client, name: str, namespace: str | None) -> str | None:
+    """The id of the pipeline ``name`` visible in ``namespace`` (kfp's get_pipeline_id ignores namespaces)."""
+    name_filter = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
     found = client.list_pipelines(filter=name_filter, namespace=namespace).pipelines or []
     return found[0].pipeline_id if found else None
 
@@ -146,12 +143,12 @@ def _version_id(client, pipeline_id: str, name: str) -> str | None:
             return None
 
 
-def _upload(client, package: Path, version_name: str, namespace: str | None) -> tuple[str, str]:
+def _upload(client, kind: PipelineKind, package: Path, version_name: str, namespace: str | None) -> tuple[str, str]:
     """(pipeline id, version id): the pipeline is created once, a version only when the compiled spec changed."""
-    pipeline_id = _pipeline_id(client, namespace)
+    pipeline_id = _pipeline_id(client, kind.name, namespace)
     if pipeline_id is None:
         pipeline = client.upload_pipeline(
-            str(package), pipeline_name=PIPELINE_NAME, description="memaudit audit pipeline", namespace=namespace
+            str(package), pipeline_name=kind.name, description=kind.description, namespace=namespace
         )
         pipeline_id = pipeline.pipeline_id
     version_id = _version_id(client, pipeline_id, version_name)
@@ -171,21 +168,24 @@ def submit_run(
     run_name: str | None = None,
     namespace: str | None = None,
     token: str | None = None,
+    pipeline: str = "audit",
 ) -> Submission:
     """Compile ``cfg``, upload it and start a run; an unreachable or refusing API raises :class:`MemauditError`."""
     from kfp_server_api.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
+    kind = pipeline_kind(pipeline)
     namespace, token = resolve_namespace(namespace), resolve_token(token)
     _check_api(host, token)
-    run_name = run_name or f"{cfg.preset or 'audit'}-{cfg.fingerprint()}"
+    prefix = cfg.preset or "audit" if pipeline == "audit" else f"{pipeline}-{cfg.preset or 'custom'}"
+    run_name = run_name or f"{prefix}-{cfg.fingerprint()}"
     with tempfile.TemporaryDirectory() as tmp:
-        package = Path(tmp) / "audit.yaml"
-        compile_pipeline(cfg, package)
+        package = Path(tmp) / kind.compiled.name
+        compile_pipeline(cfg, package, pipeline=pipeline)
         version_name = f"{cfg.fingerprint()}-{hashlib.sha256(package.read_bytes()).hexdigest()[:12]}"
         try:
             client = _client(host, namespace, token)
-            pipeline_id, version_id = _upload(client, package, version_name, namespace)
+            pipeline_id, version_id = _upload(client, kind, package, version_name, namespace)
             exp = client.create_experiment(name=experiment or cfg.run.experiment, namespace=namespace)
             run = client.run_pipeline(
                 experiment_id=exp.experiment_id,

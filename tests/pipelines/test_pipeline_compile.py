@@ -7,7 +7,7 @@ import yaml
 
 from memaudit.cli import main
 from memaudit.config import load_config
-from memaudit.pipelines.compile import COMPILED, compile_pipeline
+from memaudit.pipelines.compile import PIPELINES, compile_pipeline
 
 COMMITTED_PRESET = "arc-mistral"  # `make compile` = memaudit compile --preset arc-mistral
 GPU_TASKS = {"finetune", "score"}
@@ -22,10 +22,22 @@ def compiled(tmp_path_factory):
     return cfg, path, spec, platform
 
 
-def test_committed_yaml_is_up_to_date(compiled):
-    _, path, _, _ = compiled
-    assert COMPILED.is_file(), "pipelines/compiled/audit.yaml is missing: run `make compile`"
-    assert filecmp.cmp(path, COMPILED, shallow=False), "pipelines/compiled/audit.yaml is stale: run `make compile`"
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_committed_yaml_is_up_to_date(pipeline, tmp_path):
+    committed = PIPELINES[pipeline].compiled
+    fresh = compile_pipeline(load_config(preset=COMMITTED_PRESET), tmp_path / committed.name, pipeline=pipeline)[0]
+    assert committed.is_file(), f"{committed.name} is missing: run `make compile`"
+    assert filecmp.cmp(fresh, committed, shallow=False), f"{committed.name} is stale: run `make compile`"
+
+
+def test_predict_pipeline_is_prepare_then_one_gpu_predict_task():
+    spec, _ = yaml.safe_load_all(PIPELINES["predict"].compiled.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"prepare", "predict"}
+    assert tasks["predict"]["dependentTasks"] == ["prepare"]
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"members_of", "at_step", "layer", "layer_from", "preset", "config_yaml"} <= set(inputs)
+    assert inputs["members_of"]["defaultValue"] == -1
 
 
 def _dags(spec):

@@ -16,7 +16,9 @@ from typing import Annotated
 import typer
 from typer._click.exceptions import ClickException  # typer 0.29 vendors click: not the click package
 
-from memaudit.cli.options import ConfigOpt, PresetOpt, SetOpt, resolve_config
+from memaudit.cli.audit import audit_model
+from memaudit.cli.options import ConfigOpt, DataOpt, PresetOpt, SetOpt, data_overrides, resolve_config
+from memaudit.cli.predict import predict
 from memaudit.cli.stages import stage_app
 from memaudit.config import OVERRIDE_SEPARATOR, preset_descriptions, read_config_file
 from memaudit.errors import Interrupted, MemauditError
@@ -30,6 +32,9 @@ app = typer.Typer(
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configurations.")
 app.add_typer(stage_app, name="stage")
 app.add_typer(config_app, name="config")
+app.command()(predict)
+app.command("audit-model")(audit_model)
+PipelineOpt = Annotated[str, typer.Option(help="audit (the shadow audit) or predict (the early warning)")]
 
 
 @app.command()
@@ -42,9 +47,9 @@ def presets() -> None:
 
 
 @config_app.command("show")
-def config_show(preset: PresetOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+def config_show(preset: PresetOpt = None, config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None) -> None:
     """Print the resolved config as YAML, with its fingerprints."""
-    cfg = resolve_config(preset, config, set_)
+    cfg = resolve_config(preset, config, set_, data)
     typer.echo(f"# fingerprint: {cfg.fingerprint()}  evaluation: {cfg.evaluation_fingerprint()}")
     typer.echo(cfg.to_yaml(), nl=False)
 
@@ -64,11 +69,12 @@ def run(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    data: DataOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="output folder (default runs/<preset>)")] = None,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
     """Run the whole pipeline on this machine (kfp.local), then print the summary and the report's path."""
-    cfg = resolve_config(preset, config, set_)
+    cfg = resolve_config(preset, config, set_, data)
     from memaudit.pipelines.local import run_local, stage_table
     from memaudit.report.outputs import format_summary
 
@@ -87,20 +93,23 @@ def compile_cmd(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    data: DataOpt = None,
     output: Annotated[Path | None, typer.Option(help="IR YAML to write (default: the committed one)")] = None,
     kubernetes_manifest: Annotated[
         Path | None, typer.Option(help="also write Pipeline/PipelineVersion resources (pipelines.kubeflow.org)")
     ] = None,
     namespace: Annotated[str | None, typer.Option(help="namespace of the Kubernetes resources")] = None,
+    pipeline: PipelineOpt = "audit",
 ) -> None:
-    """Compile the pipeline to KFP IR YAML (upload it in the KFP UI)."""
-    cfg = resolve_config(preset, config, set_)
-    from memaudit.pipelines.compile import COMPILED, compile_pipeline
+    """Compile a pipeline to KFP IR YAML (upload it in the KFP UI)."""
+    cfg = resolve_config(preset, config, set_, data)
+    from memaudit.pipelines.compile import compile_pipeline
 
-    config_yaml, overrides = _config_inputs(config, set_)
+    config_yaml, overrides = _config_inputs(config, [*data_overrides(data), *(set_ or [])])
     written = compile_pipeline(
         cfg,
-        output or COMPILED,
+        output,
+        pipeline=pipeline,
         config_yaml=config_yaml,
         overrides=overrides,
         kubernetes_manifest=kubernetes_manifest,
@@ -118,6 +127,7 @@ def submit(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    data: DataOpt = None,
     experiment: Annotated[str | None, typer.Option(help="KFP experiment (default: run.experiment)")] = None,
     run_name: Annotated[str | None, typer.Option(help="name of the run")] = None,
     namespace: Annotated[
@@ -133,16 +143,25 @@ def submit(
             envvar="KF_PIPELINES_TOKEN",
         ),
     ] = None,
+    pipeline: PipelineOpt = "audit",
 ) -> None:
     """Compile the pipeline for this config, upload it to a KFP API and start a run."""
-    cfg = resolve_config(preset, config, set_)
+    cfg = resolve_config(preset, config, set_, data)
     import contextlib
     import io
 
     from memaudit.pipelines.submit import submit_run
 
     with contextlib.redirect_stdout(io.StringIO()):  # kfp.Client prints links of its own
-        result = submit_run(cfg, host=host, experiment=experiment, run_name=run_name, namespace=namespace, token=token)
+        result = submit_run(
+            cfg,
+            host=host,
+            experiment=experiment,
+            run_name=run_name,
+            namespace=namespace,
+            token=token,
+            pipeline=pipeline,
+        )
     typer.echo(f"run {result.run_id} started (pipeline version {result.version_id})")
     typer.echo(f"follow it at {result.run_url}")
 

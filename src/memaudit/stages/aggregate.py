@@ -220,7 +220,7 @@ def _samples(
     return samples
 
 
-def _off_the_shelf_index(cfg: ExperimentConfig, layers: list[int]) -> int:
+def off_the_shelf_index(cfg: ExperimentConfig, layers: list[int]) -> int:
     """Index of the off-the-shelf layer: ``evaluation.off_the_shelf_layer``, else the highest computed layer."""
     wanted = cfg.evaluation.off_the_shelf_layer
     if wanted is None:
@@ -239,7 +239,7 @@ def _layer_facts(cfg: ExperimentConfig, numbers: dict[str, Any], pop: Population
     psmi_fprs = [(numbers[str(Predictor("psmi", layer))] or {}).get("fpr_at_tpr") for layer in layers]
     best = best_layer(psmi_fprs)
     best = 0 if best is None else best
-    ots = _off_the_shelf_index(cfg, layers)
+    ots = off_the_shelf_index(cfg, layers)
     ots_fpr, ots_tpr = off_the_shelf(flags, values[ots][pop.member[0]])
     fpr = psmi_fprs[best]
     return {
@@ -259,6 +259,7 @@ def _summary(cfg: ExperimentConfig, pop: Population, truth: _GroundTruth, sample
     return {
         "fingerprint": cfg.fingerprint(),
         "evaluation_fingerprint": cfg.evaluation_fingerprint(),
+        "model": {"name": cfg.model.name, "revision": cfg.model.revision},
         "target": cfg.shadows.target,
         "n_models": len(pop.ids),
         "n_shadows_used": len(pop.ids) - 1,

@@ -121,6 +121,11 @@ class RunLayout:
         prefix = f"{self.root}/aggregate/{_check_fingerprint(evaluation_fingerprint, 'evaluation fingerprint')}"
         return f"{prefix}/{name}" if name else prefix
 
+    def prediction(self, variant: str, name: str = "") -> str:
+        """The prefix of one early-warning prediction (``variant``: a digest of its settings), or its file ``name``."""
+        prefix = f"{self.root}/predict/{_check_fingerprint(variant, 'prediction variant')}"
+        return f"{prefix}/{name}" if name else prefix
+
     def quarantine(self, key: str, stamp: str) -> str:
         """Where ``key`` (or prefix), found damaged at ``stamp``, is moved aside."""
         return f"{self.root}/quarantine/{_check_fingerprint(stamp, 'quarantine stamp')}/{key[len(self.root) + 1 :]}"
