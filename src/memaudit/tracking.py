@@ -172,6 +172,8 @@ def _no_telemetry() -> None:
 
     if get_telemetry_client() is not None:
         set_telemetry_client()  # re-reads the environment: drops the client unless the user enabled telemetry
+    # its INFO lines (database set-up) are not for a memaudit terminal; MLFLOW_LOGGING_LEVEL still decides
+    logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING").upper())
 
 
 @contextlib.contextmanager

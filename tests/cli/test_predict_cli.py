@@ -22,8 +22,9 @@ def _predict(capsys, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def shared_output(tmp_path_factory):
-    """One output folder for the error cases: its store keeps the pool and the tiny model between them."""
-    return tmp_path_factory.mktemp("predict-errors") / "out"
+    """One output folder for the whole module (the error cases first): its store keeps the pool and the tiny model
+    between the calls."""
+    return tmp_path_factory.mktemp("predict") / "out"
 
 
 @pytest.mark.parametrize(
@@ -45,17 +46,17 @@ def test_bad_options_exit_2_with_one_line_and_write_no_prediction(capsys, shared
 
 
 @pytest.mark.slow
-def test_layer_from_refuses_an_audit_of_another_model(capsys, tmp_path):
+def test_layer_from_refuses_an_audit_of_another_model(capsys, tmp_path, shared_output):
     (tmp_path / "audit").mkdir()
     summary = {"model": {"name": "mistralai/Mistral-7B-v0.1", "revision": None}, "best_layer": {"layer": 1}}
     (tmp_path / "audit" / "summary.json").write_text(json.dumps(summary))
-    code, _, err = _predict(capsys, "-o", str(tmp_path / "out"), "--layer-from", str(tmp_path / "audit"))
+    code, _, err = _predict(capsys, "-o", str(shared_output), "--layer-from", str(tmp_path / "audit"))
     assert code == 2 and "audited mistralai/Mistral-7B-v0.1, not tiny-llama" in err
 
 
 @pytest.mark.slow
-def test_predict_writes_ranked_predictions_logs_mlflow_and_reuses_the_stored_result(capsys, tmp_path):
-    out = tmp_path / "out"
+def test_predict_writes_ranked_predictions_logs_mlflow_and_reuses_the_stored_result(capsys, tmp_path, shared_output):
+    out = shared_output
     (tmp_path / "audit").mkdir()
     summary = {"model": {"name": "tiny-llama", "revision": None}, "best_layer": {"layer": 1}}
     (tmp_path / "audit" / "summary.json").write_text(json.dumps(summary))
@@ -68,9 +69,16 @@ def test_predict_writes_ranked_predictions_logs_mlflow_and_reuses_the_stored_res
     assert (frame["psmi"] == frame["psmi_L1"]).all() and (frame["at_risk"] == (frame["psmi"] < 0)).all()
     assert result["n_at_risk"] == int(frame["at_risk"].sum())
     assert f"{result['cost_ratio']:.2%} of the {result['audit_train_steps']}" in stdout
-    runs = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(["1"])
+    runs = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(["1"], "metrics.n_at_risk >= 0")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.metrics["n_at_risk"] == result["n_at_risk"]
     assert runs[0].data.metrics["c_pred.step"] == result["c_pred"]["step"]
+    assert {
+        a.path for a in mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").list_artifacts(runs[0].info.run_id)
+    } >= {
+        "predictions.parquet",
+        "predict.json",
+    }
     before = (out / "predictions.parquet").read_bytes()
     code, stdout, _ = _predict(capsys, "-o", str(out), "--layer-from", str(tmp_path / "audit"))
     assert code == 0 and (out / "predictions.parquet").read_bytes() == before

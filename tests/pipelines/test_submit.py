@@ -153,3 +153,20 @@ def test_version_names_are_valid_kubernetes_names(api):
     main(["submit", "--host", api.url, "--preset", "demo"])
     names = [v["display_name"] for versions in api.versions.values() for v in versions]
     assert names and all(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", n) for n in names)
+
+
+def test_submit_predict_uploads_the_predict_pipeline_beside_the_audit(api, capsys):
+    main(["submit", "--host", api.url, "--preset", "demo"])
+    main(["submit", "--host", api.url, "--preset", "demo", "--pipeline", "predict"])
+    capsys.readouterr()
+    assert sorted(p["display_name"] for p in api.pipelines.values()) == ["memaudit-audit", "memaudit-predict"]
+    audit_run, predict_run = api.runs.values()
+    assert predict_run["display_name"].startswith("predict-demo-")
+    version_id = predict_run["pipeline_version_reference"]["pipeline_version_id"]
+    assert set(api.packages[version_id]["root"]["dag"]["tasks"]) == {"prepare", "predict"}
+
+
+def test_unknown_pipeline_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compile", "--pipeline", "nope", "--output", "/tmp/never-written.yaml"])
+    assert exit_info.value.code == 2 and "unknown pipeline 'nope'" in capsys.readouterr().err

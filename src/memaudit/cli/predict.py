@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -27,12 +26,15 @@ TopOpt = Annotated[int, typer.Option("--top", help="at-risk samples to print")]
 
 
 def _environment(output: Path) -> dict[str, str]:
+    from memaudit.tasks.results import RUN_STORE
     from memaudit.tasks.runtime import STORE_DIR_ENV, WORK_DIR_ENV
+    from memaudit.tracking import tracking_uri
 
-    env = {STORE_DIR_ENV: str(output / "store"), WORK_DIR_ENV: str(output / "work")}
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{output / 'mlflow.db'}"
-    return env
+    return {
+        STORE_DIR_ENV: str(output / RUN_STORE),
+        WORK_DIR_ENV: str(output / "work"),
+        "MLFLOW_TRACKING_URI": tracking_uri(output),
+    }
 
 
 def _run_tasks(cfg, output: Path, options, progress: bool) -> dict:
@@ -126,7 +128,6 @@ def predict(
     )
     output = check_output_dir(output or Path("runs") / f"predict-{cfg.preset or 'custom'}").resolve()
     typer.echo(f"memaudit predict: preset {cfg.preset or '-'}, fingerprint {cfg.fingerprint()}, output {output}")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its database set-up lines are not for this terminal
     with scoped_env(_environment(output)):
         summary = _run_tasks(cfg, output, options, progress)
     _report(summary, output, top)
