@@ -161,6 +161,7 @@ def test_submit_predict_uploads_the_predict_pipeline_beside_the_audit(api, capsy
     capsys.readouterr()
     assert sorted(p["display_name"] for p in api.pipelines.values()) == ["memaudit-audit", "memaudit-predict"]
     audit_run, predict_run = api.runs.values()
+    assert audit_run["display_name"].startswith("demo-")
     assert predict_run["display_name"].startswith("predict-demo-")
     version_id = predict_run["pipeline_version_reference"]["pipeline_version_id"]
     assert set(api.packages[version_id]["root"]["dag"]["tasks"]) == {"prepare", "predict"}
