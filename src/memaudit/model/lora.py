@@ -32,8 +32,19 @@ def lora_parameter_count(model, lora_cfg: LoraSettings) -> int:
     return sum(lora_cfg.r * (layer.in_features + layer.out_features) for layer in layers.values())
 
 
+def _contiguous_input(_module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
+
+
 def apply_lora(model, lora_cfg: LoraSettings, seed: int):
-    """Wrap ``model`` in a peft LoRA model (r, alpha, dropout, targets, bias none), initialised from ``seed``."""
+    """Wrap ``model`` in a peft LoRA model (r, alpha, dropout, targets, bias none), initialised from ``seed``.
+
+    With tied embeddings (Gemma) a LoRA on ``lm_head`` changes the output projection only: the shared weight stays
+    frozen and the input embeddings untouched, as in the authors' code. peft's warning about merging such an
+    adapter is silenced: memaudit never merges adapters. The output layer gets its input made contiguous: with its
+    weight frozen, torch would otherwise copy that weight once per batch row for the answer-position slice
+    (``logits_to_keep``) on the CPU, which with a 256000-token vocabulary costs seconds per batch.
+    """
     from peft import LoraConfig, get_peft_model
 
     layers = _targeted_linears(model, lora_cfg.target_modules)
@@ -50,9 +61,11 @@ def apply_lora(model, lora_cfg: LoraSettings, seed: int):
         target_modules=list(lora_cfg.target_modules),
         bias="none",
     )
+    model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*a tied layer is part of the adapter.*", category=UserWarning)
         torch.manual_seed(seed)
         return get_peft_model(model, config)
 
