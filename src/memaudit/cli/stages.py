@@ -30,7 +30,9 @@ def stage_prepare(
     ] = None,
     base_model: Annotated[
         Path | None,
-        typer.Option("--base-model", help="tiny-llama only: build (or reuse) the base model in this folder"),
+        typer.Option(
+            "--base-model", help="tiny-llama: build (or reuse) it in this folder; a GGUF model: dequantize it there"
+        ),
     ] = None,
 ) -> None:
     """Build the pool (sources, hold-out, templates, label noise) and write pool.parquet."""
@@ -38,15 +40,12 @@ def stage_prepare(
     from memaudit.data.poolfile import write_pool
 
     cfg = resolve_config(preset, config, set_, data)
-    if base_model is not None and cfg.model.name != TINY_MODEL:
-        raise MemauditError(f"--base-model builds tiny-llama only, not {cfg.model.name}", "drop --base-model")
+    if base_model is not None and cfg.model.name != TINY_MODEL and cfg.model.gguf_file is None:
+        raise MemauditError(f"--base-model builds tiny-llama or a GGUF model, not {cfg.model.name}", "drop it")
     pool = build_pool(cfg, data_dir=data_dir)
     write_pool(pool, output)
     if base_model is not None:
-        from memaudit.data.synthetic import tiny_model_corpus
-        from memaudit.model.tiny import ensure_base_model
-
-        built = ensure_base_model(cfg.model, tiny_model_corpus(cfg, pool), base_model)
+        built = _build_base_model(cfg, pool, base_model)
         typer.echo(f"base model: {built} (pass it as --base-model to stage finetune and score)")
     summary = pool_summary(pool)
     options = ", ".join(f"{k}: {v}" for k, v in summary["options_per_sample"].items())
@@ -55,6 +54,17 @@ def stage_prepare(
         f"random labels {summary['share_random_labels']:.2%}, wrong labels {summary['share_wrong_labels']:.2%} "
         f"of train; options per sample {{{options}}}"
     )
+
+
+def _build_base_model(cfg, pool, folder: Path) -> Path:
+    if cfg.model.gguf_file is not None:
+        from memaudit.model.gguf import save_dequantized
+
+        return save_dequantized(cfg.model, folder)
+    from memaudit.data.synthetic import tiny_model_corpus
+    from memaudit.model.tiny import ensure_base_model
+
+    return ensure_base_model(cfg.model, tiny_model_corpus(cfg, pool), folder)
 
 
 @stage_app.command("split")

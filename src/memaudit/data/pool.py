@@ -3,7 +3,7 @@
 :func:`build_pool` follows the reference's ``get_dataset`` / ``formatting`` / ``add_labels`` exactly:
 
 1. rows of the upstream ``train_split`` (capped at ``max_train_rows``) get ``global_index`` 0..n-1, rows of
-   ``test_split`` continue the numbering; the pool has N = both together;
+   ``test_split`` continue the numbering; the pool has N = both together (at most ``pool_size``: the first rows);
 2. hold-out: ``RandomState(seed).choice(range(N), int(holdout_fraction * N), replace=False)`` are the test rows
    (kept in that drawn order, the order the reference formats them in), the other rows are the train pool in
    ascending ``global_index`` order;
@@ -113,7 +113,7 @@ def build_pool(cfg: ExperimentConfig, data_dir: str | Path | None = None, progre
     """The pool of docs/method.md §1 in the :mod:`memaudit.data.poolfile` schema (train rows, then test rows)."""
     ds = cfg.dataset
     train_hf, test_hf, family = load_sources(cfg, data_dir, progress)
-    full = pd.concat([train_hf, test_hf], ignore_index=True)
+    full = pd.concat([train_hf, test_hf], ignore_index=True).iloc[: ds.pool_size]
     if len(full) == 0:
         raise MemauditError(f"dataset {ds.name} has no rows", "check the data files and dataset.max_train_rows")
     full["global_index"] = np.arange(len(full), dtype=np.int64)

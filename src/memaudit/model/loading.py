@@ -12,6 +12,8 @@ from transformers.utils import logging as hf_logging
 from memaudit.config import ModelConfig
 from memaudit.config.presets import TINY_MODEL
 from memaudit.errors import MemauditError
+from memaudit.model.gguf import gguf_source
+from memaudit.model.tokenization import use_chat_template
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -33,8 +35,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def _source(model_cfg: ModelConfig, path: str | Path | None) -> tuple[str, str | None]:
-    """Where to load from: a local folder (``path`` wins over ``model.local_path``) or the Hub id and revision."""
+def _source(model_cfg: ModelConfig, path: str | Path | None) -> tuple[str, dict]:
+    """Where to load from and how: a local folder (``path`` wins over ``model.local_path``; a dequantized GGUF model
+    is such a folder), the GGUF file, or the Hub id and revision."""
     folder = path if path is not None else model_cfg.local_path
     if folder is not None:
         folder = Path(folder)
@@ -43,13 +46,15 @@ def _source(model_cfg: ModelConfig, path: str | Path | None) -> tuple[str, str |
                 f"model folder {folder} not found or holds no config.json",
                 "pass a folder written by save_pretrained (model.local_path or --base-model)",
             )
-        return str(folder), None
+        return str(folder), {}
+    if model_cfg.gguf_file is not None:
+        return gguf_source(model_cfg)
     if model_cfg.name == TINY_MODEL:
         raise MemauditError(
             "model 'tiny-llama' is built locally and has no Hub id",
             "pass --base-model with the folder built by the prepare stage (memaudit.model.loading.ensure_base_model)",
         )
-    return model_cfg.name, model_cfg.revision
+    return model_cfg.name, {"revision": model_cfg.revision}
 
 
 def _hub_error(what: str, source: str, exc: Exception) -> MemauditError:
@@ -69,9 +74,9 @@ def load_tokenizer(model_cfg: ModelConfig, path: str | Path | None = None):
     """The model's tokenizer, padding and truncating on the left; pad = EOS when it has no pad token."""
     from transformers import AutoTokenizer
 
-    source, revision = _source(model_cfg, path)
+    source, where = _source(model_cfg, path)
     try:
-        tok = AutoTokenizer.from_pretrained(source, revision=revision, padding_side="left", truncation_side="left")
+        tok = AutoTokenizer.from_pretrained(source, **where, padding_side="left", truncation_side="left")
     except (OSError, ValueError) as exc:
         raise _hub_error("tokenizer", source, exc) from None
     if tok.pad_token is None:
@@ -80,6 +85,8 @@ def load_tokenizer(model_cfg: ModelConfig, path: str | Path | None = None):
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     tok.truncation_side = "left"
+    if model_cfg.chat_template:
+        use_chat_template(tok)
     return tok
 
 
@@ -107,8 +114,8 @@ def load_base_model(model_cfg: ModelConfig, path: str | Path | None = None, devi
     from transformers import AutoModelForCausalLM
 
     dev = resolve_device(device)
-    source, revision = _source(model_cfg, path)
-    kwargs: dict = {"revision": revision, "dtype": _DTYPES[model_cfg.dtype]}
+    source, where = _source(model_cfg, path)
+    kwargs: dict = {**where, "dtype": _DTYPES[model_cfg.dtype]}
     if model_cfg.quantization == "nf4":
         kwargs.update(_nf4_kwargs(dev))
     try:

@@ -21,6 +21,7 @@ from memaudit.errors import MemauditError
 
 ANSWER_POSITION = -3  # logits at this position predict the label
 LABEL_POSITION = -2
+CHAT_FLAG = "memaudit_chat_template"  # set on a tokenizer by use_chat_template: encode_samples then applies it
 
 
 @dataclass
@@ -78,6 +79,21 @@ def _truncated(ids: list[int], frame: tuple[int, int], eos: int, max_len: int) -
     return [*prefix, *(content[-budget:] if cut else content), *suffix], cut
 
 
+def use_chat_template(tokenizer) -> None:
+    """Make :func:`encode_samples` wrap every prompt in ``tokenizer``'s chat template (a user turn, then the opening
+    of the assistant's reply, where the label goes)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise MemauditError("model.chat_template is set but the tokenizer has no chat template", "unset it")
+    setattr(tokenizer, CHAT_FLAG, True)
+
+
+def _chat_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
+    if not getattr(tokenizer, CHAT_FLAG, False):
+        return list(prompts)
+    turns = [[{"role": "user", "content": p}] for p in prompts]
+    return [tokenizer.apply_chat_template(t, tokenize=False, add_generation_prompt=True) for t in turns]
+
+
 def _option_ids(tokenizer, options: Sequence[Sequence[str]]) -> np.ndarray:
     """Token id of each option label, int64 [N, K]; −1 where a sample has fewer than K options."""
     k = max((len(o) for o in options), default=0)
@@ -106,6 +122,7 @@ def encode_samples(
         raise MemauditError(f"max_len {max_len} is too small", "use max_len >= 4")
     option_ids = _option_ids(tokenizer, options)
     label_index = np.asarray(label_index, dtype=np.int64)
+    prompts = _chat_prompts(tokenizer, prompts)
     texts = [p + opts[li] for p, opts, li in zip(prompts, options, label_index, strict=True)]
     frame, eos = special_frame(tokenizer), int(tokenizer.eos_token_id)
     rows: list[np.ndarray] = []

@@ -55,8 +55,14 @@ def _build_pool(cfg: ExperimentConfig, path: Path) -> None:
 
 
 def _base_model(t: Task, pool, out: Path) -> dict[str, Any]:
-    """Copy (or build, then store) the tiny model into ``out``; for a Hub model write a pointer file."""
+    """Copy (or build, then store) the tiny model or the dequantized GGUF model into ``out``; for a Hub model write a
+    pointer file."""
     cfg = t.cfg
+    if cfg.model.gguf_file is not None:
+        from memaudit.model.gguf import save_dequantized
+
+        t.reuse_or_build_dir(t.layout.base_model, out, lambda folder: save_dequantized(cfg.model, folder))
+        return {"name": cfg.model.name, "gguf_file": cfg.model.gguf_file, "uri": t.store.uri(t.layout.base_model)}
     if cfg.model.name != TINY_MODEL:
         out.mkdir(parents=True, exist_ok=True)
         pointer = {"name": cfg.model.name, "revision": cfg.model.revision}
