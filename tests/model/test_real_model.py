@@ -2,6 +2,8 @@
 without a pad token, tied embeddings and a chat template, through memaudit's own loading, encoding, LoRA,
 fine-tune and score code. `make test` installs the package; without it these tests skip."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,6 +78,7 @@ def _pool(n: int = 8) -> pd.DataFrame:
 
 
 def test_every_template_ends_right_before_a_single_answer_token(folder):
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())  # plain weights now
     tokenizer = load_tokenizer(_config().model, folder)
     assert tokenizer.pad_token == tokenizer.eos_token  # SmolLM2 has no pad token of its own
     prompts = [format_mcq(QUESTIONS[0], list("ABCD"), OPTIONS, t) for t in range(len(MCQ_TEMPLATES))]

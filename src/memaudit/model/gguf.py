@@ -59,7 +59,10 @@ def save_dequantized(model_cfg: ModelConfig, out: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:
         raise MemauditError(f"cannot read GGUF file {model_cfg.gguf_file} ({exc})", "check the file") from None
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are plain now; "gguf" there makes Trainer refuse them
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
