@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from memaudit.config import ModelConfig
 from memaudit.config.presets import TINY_MODEL
 from memaudit.errors import MemauditError
+from memaudit.model.lora import contiguous_output_input
 
 _REFIT = "pass the folder peft's save_pretrained wrote for a LoRA adapter of the run's base model"
 
@@ -86,6 +87,7 @@ def load_adapter(base_model, folder: str | Path):
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*base_model_name_or_path. was renamed", category=UserWarning)
+            contiguous_output_input(base_model)
             model = get_peft_model(base_model, config)
         device = next(model.parameters()).device
         result = set_peft_model_state_dict(model, load_peft_weights(str(folder), device=str(device)))

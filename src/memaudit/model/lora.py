@@ -36,6 +36,12 @@ def _contiguous_input(_module: nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(), *args[1:])
 
 
+def contiguous_output_input(model) -> None:
+    """Make the output layer's input contiguous (see :func:`apply_lora`); every LoRA wrapper of a base model
+    does it, so that adapters loaded either way give the same logits."""
+    model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
+
+
 def apply_lora(model, lora_cfg: LoraSettings, seed: int):
     """Wrap ``model`` in a peft LoRA model (r, alpha, dropout, targets, bias none), initialised from ``seed``.
 
@@ -61,7 +67,7 @@ def apply_lora(model, lora_cfg: LoraSettings, seed: int):
         target_modules=list(lora_cfg.target_modules),
         bias="none",
     )
-    model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
+    contiguous_output_input(model)
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
