@@ -13,7 +13,6 @@ of the CPU and accelerator random states, and only in the main process; it never
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -32,15 +31,13 @@ from memaudit.model.tokenization import EncodedSamples, encode_frame
 from memaudit.redact import redact_url
 from memaudit.stages.predict import (
     AT_RISK_RULE,
-    PREDICT_SUMMARY,
-    PREDICTIONS,
     CPredWatch,
     choose_layer,
     layer_psmi,
     prediction_frame,
     probe,
+    write_prediction,
 )
-from memaudit.store.atomic import atomic_path, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +270,3 @@ class MemorizationCallback(TrainerCallback):
                 self._mlflow_warned = True
                 why = redact_url(" ".join(str(exc).split()))[:200]
                 log.warning("MemorizationCallback: not logged to MLflow (%s: %s)", type(exc).__name__, why)
-
-
-def write_prediction(out: Path, frame: pd.DataFrame, summary: dict[str, Any]) -> list[Path]:
-    """Atomically write ``predictions.parquet`` and ``predict.json`` into ``out``; returns their paths."""
-    with atomic_path(out / PREDICTIONS) as tmp:
-        frame.to_parquet(tmp, index=False)
-    write_bytes(out / PREDICT_SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
-    return [out / PREDICTIONS, out / PREDICT_SUMMARY]

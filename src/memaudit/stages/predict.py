@@ -11,6 +11,7 @@ risk when its P-SMI at the chosen layer is below 0 (the off-the-shelf rule).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from memaudit.model.tokenization import EncodedSamples, encode_frame
 from memaudit.stages.aggregate import off_the_shelf_index
 from memaudit.stages.finetune import finetune
 from memaudit.stages.schedule import schedule_for, steps_per_epoch
+from memaudit.store.atomic import atomic_path, write_bytes
 
 PREDICTIONS = "predictions.parquet"
 PREDICT_SUMMARY = "predict.json"
@@ -135,6 +137,20 @@ def prediction_frame(rows: pd.DataFrame, values: np.ndarray, layers: list[int], 
     frame["rank"] = pd.Series(chosen).rank(method="first").astype(np.int64).to_numpy()
     frame["at_risk"] = chosen < 0
     return frame
+
+
+def prediction_files(out: Path) -> list[Path]:
+    """The two files of a prediction in the folder ``out``."""
+    return [out / PREDICTIONS, out / PREDICT_SUMMARY]
+
+
+def write_prediction(out: Path, frame: pd.DataFrame, summary: dict[str, Any]) -> list[Path]:
+    """Atomically write ``predictions.parquet`` and ``predict.json`` into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / PREDICTIONS) as tmp:
+        frame.to_parquet(tmp, index=False)
+    write_bytes(out / PREDICT_SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
+    return prediction_files(out)
 
 
 @dataclass

@@ -19,9 +19,8 @@ from memaudit.data.poolfile import read_pool, train_pool
 from memaudit.data.splits import membership_for
 from memaudit.errors import MemauditError
 from memaudit.report.outputs import SUMMARY
-from memaudit.stages.predict import PREDICT_SUMMARY, PREDICTIONS, predict
+from memaudit.stages.predict import PREDICT_SUMMARY, predict, prediction_files, write_prediction
 from memaudit.store import download_uri
-from memaudit.store.atomic import atomic_path, write_bytes
 from memaudit.tasks.runtime import (
     Task,
     TaskResult,
@@ -119,10 +118,7 @@ def _build(t: Task, options: PredictOptions, paths: tuple[str, str], out: Path, 
             progress=progress,
         )
     result.summary.update(members_of=None if options.members_of == WHOLE_SET else options.members_of)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / PREDICTIONS) as tmp:
-        result.frame.to_parquet(tmp, index=False)
-    write_bytes(out / PREDICT_SUMMARY, (json.dumps(result.summary, indent=2) + "\n").encode())
+    write_prediction(out, result.frame, result.summary)
 
 
 def predict_task(
@@ -144,7 +140,7 @@ def predict_task(
         ):
             t.skipped()
         summary: dict[str, Any] = json.loads((out / PREDICT_SUMMARY).read_text())
-        files = [out / PREDICTIONS, out / PREDICT_SUMMARY]
+        files = prediction_files(out)
         track_quietly("the prediction", lambda: tracking.log_summary(tracking_uri(), parent_run_id, summary, files))
         t.outcome.update(c_pred=summary["c_pred"]["step"], n_at_risk=summary["n_at_risk"])
     return TaskResult(uri=t.store.uri(prefix), metadata={"c_pred_step": summary["c_pred"]["step"], **_counts(summary)})
