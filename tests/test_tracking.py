@@ -18,14 +18,20 @@ from memaudit.errors import MemauditError
 from memaudit.redact import is_secret_name
 from memaudit.store import S3Store
 from memaudit.tracking import (
+    COMPARED_SETTINGS,
+    EXPERIMENT_KIND,
+    PoolInput,
     code_version,
     config_params,
+    find_runs,
     flatten_metrics,
     log_shadow,
     log_summary,
+    safe_config,
     start_parent_run,
     tracking_uri,
 )
+from memaudit.tracking.runs import run_tags
 
 pytestmark = pytest.mark.integration
 
@@ -70,32 +76,22 @@ def test_tracking_uri(tmp_path, monkeypatch):
     assert tracking_uri(tmp_path) == "http://mlflow:5000"
 
 
-def test_config_params_flatten_the_whole_config(monkeypatch):
+def test_params_are_the_compared_settings_and_the_config_is_whole(monkeypatch):
     monkeypatch.delenv("MEMAUDIT_GIT_COMMIT", raising=False)
     cfg = load_config(preset="demo", overrides=["model.layers=" + str(list(range(2000)))])
     params = config_params(cfg)
-    assert params["dataset.name"] == "synthetic"
-    assert params["training.learning_rate"] == "0.003"
-    assert params["shadows.n_shadows"] == "16"
-    assert params["dataset.synthetic.n_options"] == "4"
+    assert len(COMPARED_SETTINGS) <= 30 and list(params) == list(COMPARED_SETTINGS)
+    assert params["dataset.name"] == "synthetic" and params["training.learning_rate"] == "0.003"
+    assert params["shadows.n_shadows"] == "16" and params["dataset.hub_id"] == "null"
     assert params["lora.target_modules"].startswith('["q_proj", "k_proj"')
-    assert params["dataset.hub_id"] == "null"
-    assert len(params["model.layers"]) == 6000 and params["model.layers"].endswith("...")  # MLflow's limit
-    assert params["fingerprint"] == cfg.fingerprint()
-    assert params["evaluation_fingerprint"] == cfg.evaluation_fingerprint()
+    whole = safe_config(cfg)  # the config.json artifact: every field, flattened
+    assert whole["dataset.synthetic.n_options"] == 4 and len(whole["model.layers"]) == 2000
+    assert {k.split(".")[0] for k in whole if "." in k} == set(type(cfg).model_fields) - {"preset"}
     checkout = Path(memaudit.__file__).parent
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True)
-    head = head.stdout.strip()
-    assert params["code_version"] == __version__ and params["git_commit"] == head
-    assert params["run.gpu_node_selector"] == "{}" and params["run.gpu_resources.memory"] == "64Gi"
-    assert {k for k in params if "." not in k} == {
-        "preset",
-        "fingerprint",
-        "evaluation_fingerprint",
-        "code_version",
-        "git_commit",
-    }
-    assert {k.split(".")[0] for k in params if "." in k} == set(type(cfg).model_fields) - {"preset"}
+    tags = run_tags(cfg)
+    assert tags["memaudit.version"] == __version__ and tags["memaudit.git_commit"] == head.stdout.strip()
+    assert tags["memaudit.fingerprint"] == cfg.fingerprint() and tags["preset"] == "demo"
     monkeypatch.setenv("MEMAUDIT_GIT_COMMIT", "abc123")
     assert code_version() == {"code_version": __version__, "git_commit": "abc123"}
 
@@ -132,9 +128,10 @@ def test_secret_guard_drops_planted_secrets(monkeypatch, caplog):
         ],
     )
     with caplog.at_level(logging.WARNING, logger="memaudit.tracking"):
-        params = config_params(cfg)
-    assert {"model.revision", "dataset.data_dir", "model.local_path"}.isdisjoint(params)
-    assert params["run.s3_secret"] == "memaudit-s3" and params["model.name"] == "tiny-llama"
+        params, whole = config_params(cfg), safe_config(cfg)
+    assert {"model.revision", "dataset.data_dir", "model.local_path"}.isdisjoint(whole)
+    assert "model.revision" not in params and params["model.name"] == "tiny-llama"
+    assert whole["run.s3_secret"] == "memaudit-s3"
     assert "'model.revision'" in caplog.text and planted not in caplog.text and "pw-hidden" not in caplog.text
 
 
@@ -155,7 +152,8 @@ def test_parent_children_summary(uri, tmp_path, monkeypatch, request):
     planted = "planted-secret-in-env-77"
     monkeypatch.setenv("HF_TOKEN", planted)
     cfg = load_config(preset="demo", overrides=[f"model.revision={planted}", f"run.experiment=exp-{tmp_path.name}"])
-    parent = start_parent_run(cfg, uri=uri)
+    pool = PoolInput("synthetic", "0123abcd", "local", {"uri": "/data/pool.parquet"}, {"num_rows": 10}, "train")
+    parent = start_parent_run(cfg, uri=uri, pool=pool)
     child = subprocess.run(  # a task process, not the one that created the parent
         [sys.executable, "-c", "import sys, json; from memaudit.tracking import log_shadow; "
          "print(log_shadow(sys.argv[1], sys.argv[2], 1, json.loads(sys.argv[3])))",
@@ -170,9 +168,18 @@ def test_parent_children_summary(uri, tmp_path, monkeypatch, request):
     client = MlflowClient(uri)
     run = client.get_run(parent)
     assert run.info.status == "RUNNING" and run.info.run_name == f"demo-{cfg.fingerprint()[:8]}"
-    assert client.get_experiment(run.info.experiment_id).name == cfg.run.experiment
-    assert run.data.params["training.epochs"] == str(cfg.training.epochs)
-    assert run.data.params["fingerprint"] == cfg.fingerprint()
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == cfg.run.experiment and EXPERIMENT_KIND.items() <= experiment.tags.items()
+    assert run.data.params["training.epochs"] == str(cfg.training.epochs) and len(run.data.params) <= 30
+    (logged,) = run.inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest, logged.dataset.source_type) == (
+        "synthetic",
+        "0123abcd",
+        "local",
+    )
+    assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "train")]
+    complete = sorted((m.step, m.value) for m in client.get_metric_history(parent, "shadows_complete"))
+    assert complete[-1] == (3, 3.0) and run.data.metrics["shadows_complete"] == 3.0  # the rerun did not count twice
     assert {k: run.data.tags[k] for k in ("dataset", "model", "preset", "memaudit.fingerprint")} == {
         "dataset": "synthetic",
         "model": "tiny-llama",
@@ -206,7 +213,9 @@ def test_parent_children_summary(uri, tmp_path, monkeypatch, request):
     listed = {a.path for a in client.list_artifacts(parent)} | {
         a.path for a in client.list_artifacts(parent, "figures")
     }
-    assert listed >= {"report.html", "summary.json", "figures/roc.png"}
+    assert listed >= {"report.html", "summary.json", "figures/roc.png", "config.json"}
+    config_json = client.download_artifacts(parent, "config.json", str(tmp_path / "config"))
+    assert __import__("json").loads(Path(config_json).read_text()) == safe_config(cfg)
     local = client.download_artifacts(parent, "report.html", str(tmp_path / "back"))
     assert Path(local).read_text() == "<html>report</html>"
 
@@ -217,6 +226,37 @@ def test_parent_children_summary(uri, tmp_path, monkeypatch, request):
         assert {k.rsplit("/artifacts/", 1)[1] for k in keys} >= {"report.html", "summary.json", "figures/roc.png"}
         key = next(k for k in keys if k.endswith("report.html"))
         assert store.get_bytes(key, verify=False) == b"<html>report</html>"
+
+
+def test_an_audit_reads_well_in_mlflow_and_compares(sqlite_uri, tmp_path):
+    """The plot task's call: headline metrics, step-indexed series, a description and a table; then find_runs."""
+    cfg = load_config(preset="demo", overrides=[f"run.experiment=exp-{tmp_path.name}"])
+    client = MlflowClient(sqlite_uri)
+    runs = []
+    for seed in (0, 1):
+        parent = start_parent_run(cfg, uri=sqlite_uri, run_name=f"seed-{seed}")
+        log_summary(
+            sqlite_uri, parent, {"missing_shadows": []}, metrics={"psmi_fpr": 0.1 + seed, "best_layer": 2.0},
+            series={"psmi_fpr_by_layer": [(1, 0.3), (2, 0.1 + seed)]}, description="| a | b |\n|---|---|",
+            tables={"predictors.json": __import__("pandas").DataFrame({"predictor": ["psmi_L1"], "auc": [0.9]})},
+        )  # fmt: skip
+        runs.append(parent)
+    run = client.get_run(runs[0])
+    assert run.data.tags["mlflow.note.content"] == "| a | b |\n|---|---|"
+    assert sorted((m.step, m.value) for m in client.get_metric_history(runs[0], "psmi_fpr_by_layer")) == [
+        (1, 0.3),
+        (2, 0.1),
+    ]
+    assert "predictors.json" in {a.path for a in client.list_artifacts(runs[0])}
+    found = find_runs(sqlite_uri, [], [cfg.run.experiment])
+    assert [r.run_id for r in found] == runs and [r.name for r in found] == ["seed-0", "seed-1"]
+    assert found[1].metrics["psmi_fpr"] == 1.1 and found[0].params["training.epochs"] == str(cfg.training.epochs)
+    by_name = find_runs(sqlite_uri, ["seed-1", runs[0]], [])
+    assert [r.run_id for r in by_name] == [runs[1], runs[0]]
+    with pytest.raises(MemauditError, match=r"no finished audit run 'seed-9'"):
+        find_runs(sqlite_uri, ["seed-9"], [])
+    with pytest.raises(MemauditError, match=r"no MLflow experiment 'nope'"):
+        find_runs(sqlite_uri, [], ["nope"])
 
 
 def test_bad_inputs(sqlite_uri, tmp_path):
