@@ -1,7 +1,7 @@
 """plot (CPU): figures and the self-contained HTML report; closes the MLflow parent run."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Output
 
 
 def plot(
@@ -11,8 +11,10 @@ def plot(
     samples: Input[Dataset],
     summary: Input[Artifact],
     report: Output[HTML],
+    headline: Output[Markdown],
 ) -> str:
-    """Render the report (HTML with embedded PNGs); returns the report's store URI."""
+    """Render the report (HTML with embedded PNGs) and its headline (Markdown) for the KFP run page; returns the
+    report's store URI."""
     from memaudit.tasks.plot import plot_task
 
     return plot_task(
@@ -22,6 +24,7 @@ def plot(
         samples_path=samples.path,
         summary_path=summary.path,
         html_path=report.path,
+        markdown_path=headline.path,
     )
 
 

@@ -105,6 +105,7 @@ def plot(result, art: Path, aggregate_uri: str) -> str:
     return plot_task(
         config_json=result.config_json, parent_run_id=result.parent_run_id, aggregate_uri=aggregate_uri,
         samples_path=str(art / "samples"), summary_path=str(art / "summary"), html_path=str(art / "report.html"),
+        markdown_path=str(art / "headline.md"),
     )  # fmt: skip
 
 

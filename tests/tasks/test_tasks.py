@@ -170,10 +170,33 @@ def test_a_failed_shadow_does_not_sink_the_others_when_min_complete_allows(env, 
     assert "-without-" in out.uri
     report = plot(result, art, out.uri)
     assert "-without-" in report and "missing shadows" in (art / "report.html").read_text()
+    assert_tracked_for_people(env, result.parent_run_id, summary, (art / "headline.md").read_text())
     events = [
         (e["stage"], e["shadow"], e["event"]) for e in progress_events(env / "progress.jsonl") if e["event"] == "error"
     ]
     assert ("finetune", 2, "error") in events
+
+
+def assert_tracked_for_people(env, run_id: str, summary: dict, markdown: str) -> None:
+    """The parent run as the MLflow UI shows it: the pool as its dataset, a short headline, step series per
+    layer and checkpoint, the summary table as its description, shadows counted live, the whole config."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{env / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    (pool,) = run.inputs.dataset_inputs
+    assert pool.dataset.name == "synthetic" and len(pool.dataset.digest) == 16
+    assert len(run.data.metrics) <= 40 and len(run.data.params) <= 30
+    assert run.data.metrics["psmi_fpr"] == summary["best_layer"]["fpr_at_tpr"]
+    assert run.data.metrics["shadows_complete"] == 3.0  # shadow 2 failed
+    by_layer = client.get_metric_history(run_id, "psmi_fpr_by_layer")
+    assert sorted(m.step for m in by_layer) == [1, 2]
+    by_step = client.get_metric_history(run_id, "median_member_loss")
+    assert [m.value for m in sorted(by_step, key=lambda m: m.step)] == summary["c_pred"]["median_member_loss"]
+    assert markdown.startswith("**memaudit audit: synthetic") and "| P-SMI (layer" in markdown
+    assert run.data.tags["mlflow.note.content"] == markdown
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.json", "summary.json", "predictors.json", "report.html"} <= artifacts
 
 
 def test_headline_metrics_and_roc_for_the_kfp_ui(tmp_path):
@@ -187,8 +210,9 @@ def test_headline_metrics_and_roc_for_the_kfp_ui(tmp_path):
     metrics = aggregate_tasks.headline_metrics(summary)
     assert metrics["share_memorized"] == pytest.approx(summary["share_memorized"])
     best = f"psmi_L{summary['best_layer']['layer']}"
-    assert metrics[f"predictors.{best}.target.auc"] == pytest.approx(summary["predictors"][best]["target"]["auc"])
-    assert not any(k.endswith("tpr_at_fpr_1pct.std") for k in metrics)
+    assert metrics["psmi_auc"] == pytest.approx(summary["predictors"][best]["target"]["auc"])
+    assert metrics["loss_fpr_all"] == pytest.approx(summary["predictors"]["loss"]["all_models"]["fpr_at_tpr"]["mean"])
+    assert len(metrics) <= 32 and all("." not in k for k in metrics)
     fpr, tpr, thr = aggregate_tasks._target_roc(tmp_path / "agg" / "roc.parquet", summary)
     assert fpr[0] == 0.0 and tpr[-1] == 1.0 and np.isfinite(thr).all() and len(fpr) == len(tpr) == len(thr)
 

@@ -17,6 +17,7 @@ import typer
 from typer._click.exceptions import ClickException  # typer 0.29 vendors click: not the click package
 
 from memaudit.cli.audit import audit_model
+from memaudit.cli.compare import compare
 from memaudit.cli.options import ConfigOpt, DataOpt, PresetOpt, SetOpt, data_overrides, resolve_config
 from memaudit.cli.predict import predict
 from memaudit.cli.stages import stage_app
@@ -34,6 +35,7 @@ app.add_typer(stage_app, name="stage")
 app.add_typer(config_app, name="config")
 app.command()(predict)
 app.command("audit-model")(audit_model)
+app.command()(compare)
 PipelineOpt = Annotated[str, typer.Option(help="audit (the shadow audit) or predict (the early warning)")]
 
 

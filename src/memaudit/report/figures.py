@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Callable
+from typing import Any
 
 import matplotlib
 import matplotlib.style
@@ -32,13 +33,13 @@ def _color(predictor: str) -> str:
     return _COLORS[Predictor.parse(predictor).kind]
 
 
-def _styled(make: Callable[[AggregateOutputs], Figure]) -> Callable[[AggregateOutputs], Figure]:
+def styled(make: Callable[..., Figure]) -> Callable[..., Figure]:
     """Build the figure under matplotlib's defaults plus this module's few settings."""
 
     @functools.wraps(make)
-    def wrapper(data: AggregateOutputs) -> Figure:
+    def wrapper(*args: Any) -> Figure:
         with matplotlib.style.context("default"), matplotlib.rc_context(_RC):
-            fig = make(data)
+            fig = make(*args)
             FigureCanvasAgg(fig)
             return fig
 
@@ -58,7 +59,7 @@ def _c_pred_text(data: AggregateOutputs) -> str:
     return f"c_pred = step {c['step']} (epoch {c['epoch']:g})"
 
 
-@_styled
+@styled
 def roc_figure(data: AggregateOutputs) -> Figure:
     """Figure 1 / teaser: ROC of every headline predictor of the target at c_pred, chance diagonal, and the
     off-the-shelf point (P-SMI < 0 at the off-the-shelf layer)."""
@@ -90,7 +91,7 @@ def roc_figure(data: AggregateOutputs) -> Figure:
     return fig
 
 
-@_styled
+@styled
 def lira_histogram_figure(data: AggregateOutputs) -> Figure:
     """ablation_memo_hist: the target members' LiRA log-likelihood ratios (final checkpoint) and the
     memorized threshold."""
@@ -146,7 +147,7 @@ def _loss_axis(ax, data: AggregateOutputs):
     return twin
 
 
-@_styled
+@styled
 def timeline_figure(data: AggregateOutputs) -> Figure:
     """perf_measure_timeline: FPR@TPR per checkpoint epoch of P-SMI (best layer), loss and logit gap; twin axis:
     median member loss (log scale, with the c_pred rule's level); vertical line at c_pred."""
@@ -166,7 +167,7 @@ def timeline_figure(data: AggregateOutputs) -> Figure:
     return fig
 
 
-@_styled
+@styled
 def layers_figure(data: AggregateOutputs) -> Figure:
     """ablation_layers: P-SMI FPR@TPR vs layer at c_pred (target, and mean ± std over all models), Mahalanobis
     when stored, the loss as a dashed reference."""
@@ -220,7 +221,7 @@ def _share_bars(ax, flags: np.ndarray, groups: dict[str, np.ndarray], overall: f
     ax.legend(loc="upper left")
 
 
-@_styled
+@styled
 def label_noise_figure(data: AggregateOutputs) -> Figure:
     """Memorization and label noise: share memorized among random-label vs true-label members (with counts), and
     the best-layer P-SMI distribution of memorized vs not-memorized members."""
@@ -258,7 +259,7 @@ def label_noise_figure(data: AggregateOutputs) -> Figure:
     return fig
 
 
-@_styled
+@styled
 def all_models_figure(data: AggregateOutputs) -> Figure:
     """Every model as the target (leave-one-out): mean ± std of FPR@TPR and AUC per headline predictor, with the
     target's own value."""

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memaudit import tracking
 from memaudit.config import ExperimentConfig
 from memaudit.data.poolfile import read_pool
 from memaudit.errors import MemauditError
+from memaudit.report.headline import headline_metrics
 from memaudit.report.outputs import ROC, SAMPLES, SUMMARY
 from memaudit.store import download_uri
 from memaudit.tasks.runtime import failure_of, task, work_dir
@@ -25,17 +25,6 @@ class AggregateResult:
     roc_fpr: list[float]
     roc_tpr: list[float]
     roc_threshold: list[float]
-
-
-def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """Scalar metrics for the KFP UI (a flat subset of summary.json)."""
-    sections = ("enrichment.", "c_pred.", "best_layer.", "off_the_shelf.")
-    ends = (".target.fpr_at_tpr", ".target.auc", ".all_models.fpr_at_tpr.mean", ".all_models.auc.mean")
-    return {
-        k: float(v)
-        for k, v in tracking.flatten_metrics(summary).items()
-        if "." not in k or k.startswith(sections) or k.endswith(ends)
-    }
 
 
 def _target_roc(path: Path, summary: dict[str, Any]) -> tuple[list[float], list[float], list[float]]:

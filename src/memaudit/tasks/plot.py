@@ -11,11 +11,35 @@ from memaudit.report.html import REPORT
 from memaudit.store import download_uri
 from memaudit.tasks.runtime import task, track_quietly, tracking_uri, work_dir
 
+PREDICTOR_TABLE = "predictors.json"  # every predictor's numbers, as an MLflow table
+
+
+def _log_audit(cfg, parent_run_id: str, aggregate_dir: Path, artifacts: list[Path], markdown: str) -> None:
+    """The headline, its series, every predictor's numbers, the description and the report on the parent run."""
+    from memaudit.report.headline import headline_metrics, headline_series, predictor_table
+    from memaudit.report.outputs import load_aggregate
+
+    data = load_aggregate(cfg, aggregate_dir)
+    tracking.log_summary(
+        tracking_uri(), parent_run_id, data.summary, artifacts,
+        metrics=headline_metrics(data.summary), series=headline_series(data), description=markdown,
+        tables={PREDICTOR_TABLE: predictor_table(data.summary)},
+    )  # fmt: skip
+
 
 def plot_task(
-    *, config_json: str, parent_run_id: str, aggregate_uri: str, samples_path: str, summary_path: str, html_path: str
+    *,
+    config_json: str,
+    parent_run_id: str,
+    aggregate_uri: str,
+    samples_path: str,
+    summary_path: str,
+    html_path: str,
+    markdown_path: str,
 ) -> str:
-    """Render the report, store and log it; returns the report's URI."""
+    """Render the report, store and log it, write its headline as Markdown (the KFP run page shows both); returns
+    the report's URI."""
+    from memaudit.report.headline import headline_markdown
     from memaudit.report.html import render_report
 
     with task("plot", config_json=config_json) as t, work_dir("plot") as work:
@@ -26,9 +50,12 @@ def plot_task(
         if t.reuse_or_build_dir(prefix, work / "report", lambda out: render_report(t.cfg, work / "aggregate", out)):
             t.skipped()
         shutil.copyfile(work / "report" / REPORT, html_path)
+        markdown = headline_markdown(summary, f"memaudit audit: {t.cfg.dataset.name} / {t.cfg.model.name}")
+        Path(markdown_path).write_text(markdown)
         artifacts = sorted(p for p in (work / "report").iterdir() if p.suffix in (".html", ".png"))
         track_quietly(
-            "the summary and report", lambda: tracking.log_summary(tracking_uri(), parent_run_id, summary, artifacts)
+            "the summary and report",
+            lambda: _log_audit(t.cfg, parent_run_id, work / "aggregate", artifacts, markdown),
         )
         uri = t.store.uri(t.layout.report(population, REPORT))
         t.outcome["report"] = uri

@@ -13,6 +13,7 @@ from memaudit import tracking
 from memaudit.config import ExperimentConfig, load_config, split_overrides
 from memaudit.config.presets import TINY_MODEL
 from memaudit.data.poolfile import read_pool, train_pool, write_pool
+from memaudit.store.seal import file_digest
 from memaudit.tasks.runtime import Task, set_threads, task, tracking_uri, work_dir
 
 HUB_MODEL_FILE = "memaudit-model.json"
@@ -82,6 +83,20 @@ def _base_model(t: Task, pool, out: Path) -> dict[str, Any]:
     return {"name": TINY_MODEL, "uri": t.store.uri(t.layout.base_model)}
 
 
+def _pool_input(cfg: ExperimentConfig, pool_path: Path, n_train: int, n_test: int, pool_uri: str):
+    """The pool as the parent run's input dataset: its digest, where it came from, the train/test split."""
+    ds = cfg.dataset
+    if ds.hub_id:
+        source_type = "hugging_face"
+        source = {"path": ds.hub_id, "config_name": ds.hub_config, "split": ds.train_split, "data_dir": ds.data_dir}
+    else:
+        source_type, source = "local", {"uri": ds.path or ds.data_dir or pool_uri}
+    profile = {"num_rows": n_train + n_test, "train_pool": n_train, "held_out_test": n_test,
+               "label_noise": ds.label_noise}  # fmt: skip
+    digest = file_digest(pool_path)[0][:16]
+    return tracking.PoolInput(ds.name, digest, source_type, source, profile, context="train")
+
+
 def prepare_task(
     *,
     preset: str,
@@ -105,8 +120,9 @@ def prepare_task(
             t.skipped()
         pool = read_pool(pool_path)
         model_metadata = _base_model(t, pool, Path(base_model_path))
-        parent = tracking.start_parent_run(cfg, uri=tracking_uri(), run_name=run_name or None)
         n_train = len(train_pool(pool))
+        pool_input = _pool_input(cfg, Path(pool_path), n_train, len(pool) - n_train, t.store.uri(layout.pool))
+        parent = tracking.start_parent_run(cfg, uri=tracking_uri(), run_name=run_name or None, pool=pool_input)
         t.outcome.update(n_train=n_train, n_test=len(pool) - n_train)
     return PrepareResult(
         config_json=json.dumps(cfg.to_dict()),
