@@ -27,6 +27,7 @@ from memaudit.tracking import (
     flatten_metrics,
     log_shadow,
     log_summary,
+    runs_page,
     safe_config,
     start_parent_run,
     tracking_uri,
@@ -251,6 +252,9 @@ def test_an_audit_reads_well_in_mlflow_and_compares(sqlite_uri, tmp_path):
     found = find_runs(sqlite_uri, [], [cfg.run.experiment])
     assert [r.run_id for r in found] == runs and [r.name for r in found] == ["seed-0", "seed-1"]
     assert found[1].metrics["psmi_fpr"] == 1.1 and found[0].params["training.epochs"] == str(cfg.training.epochs)
+    page = runs_page(sqlite_uri, cfg.run.experiment)
+    assert page == (f"mlflow ui --backend-store-uri {sqlite_uri}, then http://127.0.0.1:5000/#/experiments/"
+                    f"{run.info.experiment_id}/runs?workflowType=machine_learning")  # fmt: skip
     by_name = find_runs(sqlite_uri, ["seed-1", runs[0]], [])
     assert [r.run_id for r in by_name] == [runs[1], runs[0]]
     with pytest.raises(MemauditError, match=r"no finished audit run 'seed-9'"):

@@ -79,6 +79,7 @@ def run(
     cfg = resolve_config(preset, config, set_, data)
     from memaudit.pipelines.local import run_local, stage_table
     from memaudit.report.outputs import format_summary
+    from memaudit.tracking import runs_page, tracking_uri
 
     output = check_output_dir(output or Path("runs") / (cfg.preset or "custom"))
     typer.echo(f"memaudit run: preset {cfg.preset or '-'}, fingerprint {cfg.fingerprint()}, output {output}")
@@ -87,6 +88,10 @@ def run(
     typer.echo("")
     typer.echo(format_summary(result.summary))
     typer.echo(f"report: {result.report}")
+    try:
+        typer.echo(f"MLflow: {runs_page(tracking_uri(output), cfg.run.experiment)}")
+    except MemauditError as exc:  # the audit is done and stored; tracking is told, not fatal
+        typer.echo(f"MLflow: {exc}")
     typer.echo(f"wall time {result.wall_s:.0f} s; task logs: {result.log}")
 
 

@@ -5,7 +5,7 @@ and reading audits back for ``memaudit compare``.
 :mod:`~memaudit.tracking.runs` writes runs, :mod:`~memaudit.tracking.query` reads them.
 """
 
-from memaudit.tracking.client import EXPERIMENT_KIND, tracking_uri
+from memaudit.tracking.client import EXPERIMENT_KIND, runs_page, tracking_uri
 from memaudit.tracking.query import TrackedRun, find_runs
 from memaudit.tracking.runs import (
     COMPARED_SETTINGS,
@@ -38,6 +38,7 @@ __all__ = [
     "log_shadow",
     "log_summary",
     "metric_name",
+    "runs_page",
     "safe_config",
     "start_parent_run",
     "tracking_uri",

@@ -31,7 +31,9 @@ CALL_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 TRACKING_FIX = "start the MLflow server or set MLFLOW_TRACKING_URI (unset: sqlite in the output folder)"
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 opens it on its runs table
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3.0-3.4 open it on its runs table
+RUNS_PAGE = "#/experiments/{id}/runs?workflowType=machine_learning"  # later UIs follow a global toggle: say it
+LOCAL_UI = "http://127.0.0.1:5000/"  # where `mlflow ui` serves
 
 
 def tracking_uri(output_dir: str | Path) -> str:
@@ -143,3 +145,14 @@ def get_run(mlflow_client: Any, run_id: str, uri: str, *, what: str, fix: str) -
         return mlflow_client.get_run(run_id)
     except MlflowException:
         raise MemauditError(f"{what} {run_id!r} not found at {redact_url(uri)}", fix) from None
+
+
+def runs_page(uri: str, experiment: str) -> str:
+    """Where to see experiment ``experiment``'s runs table: its URL on a server, or the command that serves a
+    sqlite store and the URL then."""
+    with client(uri) as mlflow_client:
+        found = mlflow_client.get_experiment_by_name(experiment)
+    page = RUNS_PAGE.format(id=found.experiment_id if found else 0)
+    if uri.startswith(("http://", "https://")):
+        return redact_url(uri.rstrip("/")) + "/" + page
+    return f"mlflow ui --backend-store-uri {uri}, then {LOCAL_UI}{page}"
