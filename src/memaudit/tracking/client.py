@@ -31,8 +31,8 @@ CALL_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 TRACKING_FIX = "start the MLflow server or set MLFLOW_TRACKING_URI (unset: sqlite in the output folder)"
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3.0-3.4 open it on its runs table
-RUNS_PAGE = "#/experiments/{id}/runs?workflowType=machine_learning"  # later UIs follow a global toggle: say it
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # early MLflow 3 UIs open it on its runs
+RUNS_PAGE = "#/experiments/{id}/runs?workflowType=machine_learning"  # 3.17's UI follows a global switch instead
 LOCAL_UI = "http://127.0.0.1:5000/"  # where `mlflow ui` serves
 
 
