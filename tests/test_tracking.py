@@ -234,8 +234,9 @@ def test_an_audit_reads_well_in_mlflow_and_compares(sqlite_uri, tmp_path):
     cfg = load_config(preset="demo", overrides=[f"run.experiment=exp-{tmp_path.name}"])
     client = MlflowClient(sqlite_uri)
     runs = []
-    for seed in (0, 1):
-        parent = start_parent_run(cfg, uri=sqlite_uri, run_name=f"seed-{seed}")
+    other = load_config(preset="demo", overrides=[f"run.experiment=exp-{tmp_path.name}", "shadows.seed=1"])
+    for seed, config in ((0, cfg), (1, cfg), (2, other)):
+        parent = start_parent_run(config, uri=sqlite_uri, run_name=f"seed-{seed}")
         log_summary(
             sqlite_uri, parent, {"missing_shadows": []}, metrics={"psmi_fpr": 0.1 + seed, "best_layer": 2.0},
             series={"psmi_fpr_by_layer": [(1, 0.3), (2, 0.1 + seed)]}, description="| a | b |\n|---|---|",
@@ -250,8 +251,8 @@ def test_an_audit_reads_well_in_mlflow_and_compares(sqlite_uri, tmp_path):
     ]
     assert "predictors.json" in {a.path for a in client.list_artifacts(runs[0])}
     found = find_runs(sqlite_uri, [], [cfg.run.experiment])
-    assert [r.run_id for r in found] == runs and [r.name for r in found] == ["seed-0", "seed-1"]
-    assert found[1].metrics["psmi_fpr"] == 1.1 and found[0].params["training.epochs"] == str(cfg.training.epochs)
+    assert [r.name for r in found] == ["seed-1", "seed-2"]  # the same config twice: one audit, by its latest run
+    assert found[0].metrics["psmi_fpr"] == 1.1 and found[1].params["shadows.seed"] == "1"
     page = runs_page(sqlite_uri, cfg.run.experiment)
     assert page == (f"mlflow ui --backend-store-uri {sqlite_uri}, then http://127.0.0.1:5000/#/experiments/"
                     f"{run.info.experiment_id}/runs?workflowType=machine_learning")  # fmt: skip

@@ -71,6 +71,7 @@ def test_predict_writes_ranked_predictions_logs_mlflow_and_reuses_the_stored_res
     assert f"{result['cost_ratio']:.2%} of the {result['audit_train_steps']}" in stdout
     runs = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(["1"], "metrics.n_at_risk >= 0")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["memaudit.role"] == "prediction"  # memaudit compare leaves it out
     assert runs[0].data.metrics["n_at_risk"] == result["n_at_risk"]
     assert runs[0].data.metrics["c_pred.step"] == result["c_pred"]["step"]
     assert {

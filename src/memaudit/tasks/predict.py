@@ -4,6 +4,7 @@ logged to the run's MLflow parent run."""
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from dataclasses import asdict, dataclass
@@ -141,7 +142,9 @@ def predict_task(
             t.skipped()
         summary: dict[str, Any] = json.loads((out / PREDICT_SUMMARY).read_text())
         files = prediction_files(out)
-        track_quietly("the prediction", lambda: tracking.log_summary(tracking_uri(), parent_run_id, summary, files))
+        role = tracking.PREDICTION_ROLE  # not an audit: memaudit compare leaves it out
+        log = functools.partial(tracking.log_summary, tracking_uri(), parent_run_id, summary, files, role=role)
+        track_quietly("the prediction", log)
         t.outcome.update(c_pred=summary["c_pred"]["step"], n_at_risk=summary["n_at_risk"])
     return TaskResult(uri=t.store.uri(prefix), metadata={"c_pred_step": summary["c_pred"]["step"], **_counts(summary)})
 

@@ -10,6 +10,7 @@ from memaudit.tracking.query import TrackedRun, find_runs
 from memaudit.tracking.runs import (
     COMPARED_SETTINGS,
     CONFIG_ARTIFACT,
+    PREDICTION_ROLE,
     SHADOWS_COMPLETE,
     PoolInput,
     code_version,
@@ -27,6 +28,7 @@ __all__ = [
     "COMPARED_SETTINGS",
     "CONFIG_ARTIFACT",
     "EXPERIMENT_KIND",
+    "PREDICTION_ROLE",
     "SHADOWS_COMPLETE",
     "PoolInput",
     "TrackedRun",

@@ -12,7 +12,7 @@ from typing import Any
 from memaudit.errors import MemauditError
 from memaudit.redact import redact_url
 from memaudit.tracking.client import client
-from memaudit.tracking.runs import PIPELINE_ROLE, ROLE_TAG, SUMMARY_ARTIFACT
+from memaudit.tracking.runs import EVALUATION_TAG, PIPELINE_ROLE, ROLE_TAG, SUMMARY_ARTIFACT
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _AUDITS = f"tags.`{ROLE_TAG}` = '{PIPELINE_ROLE}' and attributes.status = 'FINISHED'"
@@ -61,11 +61,17 @@ def _by_name(mlflow_client: Any, name: str, experiments: dict[str, str], uri: st
 
 
 def _experiment_runs(mlflow_client: Any, name: str, uri: str) -> list[Any]:
+    """The experiment's finished audits, oldest first; a repeated audit (same evaluation fingerprint, e.g. a
+    resumed run) counts once, by its latest run."""
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
         raise MemauditError(f"no MLflow experiment {name!r} at {redact_url(uri)}", "pass an experiment that exists")
-    return mlflow_client.search_runs([experiment.experiment_id], filter_string=_AUDITS,
-                                     order_by=["attributes.start_time ASC"], max_results=50000)  # fmt: skip
+    runs = mlflow_client.search_runs([experiment.experiment_id], filter_string=_AUDITS,
+                                     order_by=["attributes.start_time DESC"], max_results=50000)  # fmt: skip
+    latest = {}
+    for run in runs:
+        latest.setdefault(run.data.tags.get(EVALUATION_TAG) or run.info.run_id, run)
+    return list(latest.values())[::-1]
 
 
 def find_runs(uri: str, refs: list[str], experiments: list[str]) -> list[TrackedRun]:

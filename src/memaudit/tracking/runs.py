@@ -36,7 +36,8 @@ MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 CONFIG_ARTIFACT, SUMMARY_ARTIFACT = "config.json", "summary.json"
 SHADOWS_COMPLETE = "shadows_complete"
 ROLE_TAG, SHADOW_TAG = "memaudit.role", "memaudit.shadow"
-PIPELINE_ROLE = "pipeline"
+EVALUATION_TAG = "memaudit.evaluation_fingerprint"  # runs with the same value are the same audit
+PIPELINE_ROLE, PREDICTION_ROLE = "pipeline", "prediction"  # an audit's parent run; an early-warning run's
 COMPARED_SETTINGS = (  # the parent run's params: what differs between the audits a person compares
     "dataset.name", "dataset.hub_id", "dataset.pool_size", "dataset.label_noise", "dataset.seed",
     "model.name", "model.revision", "model.dtype", "model.quantization",
@@ -126,7 +127,7 @@ def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "memaudit.fingerprint": cfg.fingerprint(),
-        "memaudit.evaluation_fingerprint": cfg.evaluation_fingerprint(),
+        EVALUATION_TAG: cfg.evaluation_fingerprint(),
         "memaudit.version": version["code_version"],
         "memaudit.git_commit": version["git_commit"],
     }
@@ -259,11 +260,13 @@ def log_summary(
     series: Mapping[str, list[tuple[int, float]]] | None = None,
     description: str | None = None,
     tables: Mapping[str, Any] | None = None,
+    role: str | None = None,
 ) -> None:
     """Log a result on the parent run and end it: ``metrics`` at step 0 (default: the summary flattened, see
     :func:`flatten_metrics`), ``series`` as step-indexed metrics, ``description`` as the run's description
     (Markdown), ``tables`` ({artifact file: DataFrame}) as MLflow tables, ``summary.json`` and the report files or
-    folders as artifacts; a ``missing_shadows`` list becomes a tag.
+    folders as artifacts; a ``missing_shadows`` list becomes a tag; ``role`` replaces the run's role tag (a
+    prediction is not an audit).
     """
     missing = [str(p) for p in artifacts if not Path(p).exists()]
     if missing:
@@ -277,6 +280,8 @@ def log_summary(
         if "missing_shadows" in summary:
             missing_shadows = ",".join(map(str, summary["missing_shadows"]))
             mlflow_client.set_tag(parent_run_id, "memaudit.missing_shadows", missing_shadows)
+        if role is not None:
+            mlflow_client.set_tag(parent_run_id, ROLE_TAG, role)
         if description:
             from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
