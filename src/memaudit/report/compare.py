@@ -124,7 +124,7 @@ _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1200px; color: #1d1d1f; padding: 0 1em; }
 table { border-collapse: collapse; font-size: 0.9em; } th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.6em; }
-th { background: #f4f4f6; } td.n { text-align: right; white-space: nowrap; } tr.mean td { font-weight: 600; }
+th { background: #f4f4f6; } td { white-space: nowrap; } td.n { text-align: right; } tr.mean td { font-weight: 600; }
 img { max-width: 100%; height: auto; } .note { color: #555; font-size: 0.9em; }
 """
 
