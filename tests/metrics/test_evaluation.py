@@ -106,3 +106,37 @@ def test_roc_is_sklearns_roc_curve(seed):
     np.testing.assert_array_equal(curve.tpr, tpr)
     np.testing.assert_array_equal(curve.thresholds, thresholds)
     assert curve.auc() == pytest.approx(roc_auc_score(y, s), rel=1e-12)
+
+
+def test_average_ranks_share_ties():
+    from memaudit.metrics import average_ranks
+
+    assert average_ranks(np.array([10.0, 30.0, 20.0, 30.0])).tolist() == [1.0, 3.5, 2.0, 3.5]
+
+
+def test_spearman_by_hand_and_against_scipy():
+    from memaudit.metrics import spearman
+
+    # ranks x = 1,2,3,4; ranks y = 1,3,2,4: d² = 0+1+1+0 = 2, rho = 1 - 6·2 / (4·15) = 0.8
+    assert spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0, 7.0, 6.0, 9.0])) == pytest.approx(0.8)
+    assert spearman(np.arange(5.0), -(np.arange(5.0) ** 3)) == pytest.approx(-1.0)
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 6, 200).astype(float)  # many ties
+    y = x + rng.normal(size=200)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        ([1.0, 2.0], [1.0], "same length"),
+        ([1.0, np.nan], [1.0, 2.0], "finite"),
+        ([1.0, 1.0], [1.0, 2.0], "constant"),
+    ],
+)
+def test_spearman_refuses_bad_vectors(x, y, message):
+    from memaudit.metrics import spearman
+
+    with pytest.raises(ValueError, match=message):
+        spearman(np.array(x), np.array(y))

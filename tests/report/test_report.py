@@ -15,15 +15,21 @@ from memaudit.errors import MemauditError
 from memaudit.metrics import METRICS
 from memaudit.report.figures import (
     FIGURES,
+    QUANTILES,
     all_models_figure,
+    counterfactual_figure,
+    dynamics_figure,
+    fpr_by_quantile,
     label_noise_figure,
     layers_figure,
+    lira_checkpoints_figure,
     lira_histogram_figure,
     png_bytes,
+    quantile_figure,
     roc_figure,
     timeline_figure,
 )
-from memaudit.report.html import render_report
+from memaudit.report.html import at_risk, render_report
 from memaudit.report.outputs import load_aggregate
 from memaudit.stages.aggregate import aggregate
 from memaudit.testing import write_synthetic_scores
@@ -63,7 +69,7 @@ class _Page(HTMLParser):
         attrs = dict(attrs)
         self.tags.append((tag, attrs))
         if tag == "table":
-            self._table = attrs.get("class")
+            self._table = attrs.get("class") or attrs.get("id")
         elif tag == "tr":
             self._cells = []
             self.table_rows.append((self._table, attrs, self._cells))
@@ -122,10 +128,12 @@ def test_html_is_self_contained_and_embeds_every_figure(rendered):
         assert src.startswith(prefix)
         blob = base64.b64decode(src[len(prefix) :], validate=True)
         width, height = _png_size(blob)
-        assert 400 <= width <= 2000 and 300 <= height <= 1500
+        assert 400 <= width <= 2000 and 300 <= height <= 2000
         assert blob in on_disk
+    scripts = [attrs for tag, attrs in page.tags if tag == "script"]
+    assert scripts == [{}]  # the at-risk table's few inline lines
     for tag, attrs in page.tags:
-        assert tag not in ("script", "link", "iframe", "object", "embed")
+        assert tag not in ("link", "iframe", "object", "embed")
         for key in ("src", "href", "srcset", "action"):
             assert key not in attrs or attrs[key].startswith("data:"), (tag, attrs)
     text = paths["html"].read_text()
@@ -272,6 +280,112 @@ def test_label_noise_and_all_models_figures(rendered):
         np.testing.assert_array_equal(own.get_xdata(), [s["predictors"][n]["target"][key] for n in names])
 
 
+def test_quantile_figure_recomputes_fpr_for_each_definition_of_memorized(rendered):
+    _, data = rendered
+    members = data.samples[data.samples["member"]]
+    llr = members["lira"].to_numpy()
+    by_quantile = fpr_by_quantile(data)
+    assert list(by_quantile) == data.headline()
+    q = QUANTILES.index(0.1)  # the demo preset's own rule: the numbers of summary.json
+    for name, values in by_quantile.items():
+        assert values[q] == data.target_numbers(name)["fpr_at_tpr"]
+    # by hand at 20 %: the flags of the top fifth by LiRA, the loss ranked high = memorized
+    flags = llr >= np.quantile(llr, 0.8)
+    loss = members["loss"].to_numpy()
+    threshold_rank = np.sort(loss[flags])[::-1][int(np.floor(0.75 * flags.sum()))]  # first point with TPR > 0.75
+    expected = (loss[~flags] >= threshold_rank).mean()
+    assert by_quantile["loss"][QUANTILES.index(0.2)] == pytest.approx(expected)
+    fig = quantile_figure(data)
+    (line,) = _by_gid(fig, "loss")
+    np.testing.assert_allclose(line.get_xdata(), 100 * np.array(QUANTILES))
+    (mark,) = _by_gid(fig, "this_run")
+    assert mark.get_xdata()[0] == pytest.approx(100 * data.summary["share_memorized"])
+
+
+def test_dynamics_output_and_its_figures(rendered):
+    _, data = rendered
+    d, s, samples = data.dynamics, data.summary, data.samples
+    members = np.flatnonzero(samples["member"].to_numpy())
+    assert len(d) == members.size * d["checkpoint"].nunique() == members.size * len(s["c_pred"]["median_member_loss"])
+    final = d[d["checkpoint"] == d["checkpoint"].max()].set_index("sample")
+    np.testing.assert_allclose(final.loc[members, "lira"], samples["lira"].to_numpy()[members], rtol=1e-12)
+    at_c = d[d["checkpoint"] == s["c_pred"]["step"]].set_index("sample")
+    np.testing.assert_allclose(at_c.loc[members, "psmi"], samples[s["best_layer"]["predictor"]].to_numpy()[members],
+                               rtol=1e-6)  # fmt: skip
+    medians = d.groupby("checkpoint")["loss"].median().to_numpy()
+    np.testing.assert_allclose(medians, s["c_pred"]["median_member_loss"], rtol=1e-6)
+
+    fig = lira_checkpoints_figure(data)
+    panels = [a for a in fig.axes if a.get_visible()]
+    assert len(panels) == d["checkpoint"].nunique()  # six checkpoints: every one has its panel
+    last = _by_gid(fig, f"lira-{d['checkpoint'].max()}")
+    assert sum(bar.get_height() for bar in last) == members.size
+    (threshold,) = _by_gid(fig, "threshold")
+    assert threshold.get_xdata()[0] == data.memorized_threshold
+
+    fig = dynamics_figure(data)
+    hard = samples["memorized"].to_numpy()[d["sample"].to_numpy()]
+    (line,) = _by_gid(fig, "hard_lira")
+    expected = d[hard].groupby("epoch")["lira"].median()
+    np.testing.assert_allclose(line.get_ydata(), expected.to_numpy())
+    np.testing.assert_allclose(line.get_xdata(), expected.index.to_numpy())
+    assert _by_gid(fig, "easy_psmi_iqr") and _by_gid(fig, "c_pred_loss")
+
+
+def test_counterfactual_figure_reports_spearman_of_the_ranks(rendered):
+    _, data = rendered
+    from scipy.stats import spearmanr
+
+    members = data.samples[data.samples["member"]]
+    finite = members[np.isfinite(members["counterfactual"]) & np.isfinite(members["lira"])]
+    assert len(finite) > 0 and members["counterfactual"].isna().any()  # a sample no model left out has none
+    fig = counterfactual_figure(data)
+    expected = spearmanr(finite["lira"], finite["counterfactual"]).statistic
+    assert f"Spearman R = {expected:.3f}" in fig.axes[0].get_title()
+    points = sum(len(c.get_offsets()) for c in _by_gid(fig, "memorized") + _by_gid(fig, "others"))
+    assert points == len(finite)
+
+
+def test_at_risk_table_lists_the_memorized_and_the_top_predicted(rendered):
+    paths, data = rendered
+    s = data.summary
+    table = at_risk(data)
+    members = data.samples[data.samples["member"]]
+    k = int(members["memorized"].sum())
+    psmi = members[s["best_layer"]["predictor"]].to_numpy()
+    top = set(members["global_index"].to_numpy()[np.argsort(psmi, kind="stable")[:k]])  # lowest P-SMI: most at risk
+    memorized_ids = set(members["global_index"][members["memorized"]])
+    assert set(table["global_index"]) == top | memorized_ids
+    assert set(table.loc[table["predicted"], "global_index"]) == top
+    assert list(table["rank"]) == sorted(table["rank"]) and table["rank"].iloc[0] == 1
+    page = _parse(paths["html"])
+    rows = [cells for name, _, cells in page.table_rows if name == "at-risk"]
+    head, body = rows[0], rows[1:]
+    assert [c["data-key"] for c in head] == ["rank", "id", "prompt", "label", "noisy", "memorized", "predicted",
+                                             "lira", "psmi"]  # fmt: skip
+    assert head[0]["aria-sort"] == "ascending" and len(body) == len(table)
+    assert all("data-value" in c for row in body for c in row)
+    first = table.iloc[0]
+    assert body[0][1]["text"] == str(first["global_index"]) and float(body[0][8]["data-value"]) == first["psmi"]
+    assert body[0][2]["title"].startswith(" ".join(first["prompt"].split())[:40])
+    assert any(tag == "input" and attrs.get("id") == "at-risk-filter" for tag, attrs in page.tags)
+
+
+def test_a_prompt_with_markup_is_escaped_in_the_at_risk_table(aggregated, tmp_path):
+    cfg, folder = aggregated
+    copy = tmp_path / "aggregate"
+    shutil.copytree(folder, copy)
+    samples = pd.read_parquet(copy / "samples.parquet")
+    memorized = samples.index[samples["memorized"]][0]
+    samples.loc[memorized, "prompt"] = 'Q: <script>alert("x")</script> & "quotes" ' + "long " * 40
+    samples.to_parquet(copy / "samples.parquet")
+    text = render_report(cfg, copy, tmp_path / "report")["html"].read_text()
+    assert "<script>alert" not in text and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp;" in text
+    cell = next(c for n, _, cells in _parse(tmp_path / "report" / "report.html").table_rows if n == "at-risk"
+                for c in cells if c.get("title", "").startswith("Q: <script>"))  # fmt: skip
+    assert cell["text"].endswith("…") and len(cell["text"]) == 100
+
+
 def test_same_inputs_give_byte_identical_outputs(rendered, aggregated, tmp_path):
     paths, _ = rendered
     again = render_report(*aggregated, tmp_path)
@@ -314,6 +428,12 @@ def _other_run_flags(folder):
     samples.to_parquet(folder / "samples.parquet")
 
 
+def _other_run_dynamics(folder):
+    dynamics = pd.read_parquet(folder / "dynamics.parquet")
+    dynamics["sample"] += 1
+    dynamics.to_parquet(folder / "dynamics.parquet")
+
+
 def _swap_flags(folder):
     samples = pd.read_parquet(folder / "samples.parquet")
     members = samples[samples["member"]]
@@ -326,6 +446,8 @@ def _swap_flags(folder):
     ("damage", "message"),
     [
         (lambda f: (f / "roc.parquet").unlink(), "roc.parquet not found"),
+        (lambda f: (f / "dynamics.parquet").unlink(), "dynamics.parquet not found"),
+        (_other_run_dynamics, "dynamics.parquet and samples.parquet come from different runs"),
         (_corrupt_summary, "summary.json is corrupted"),
         (_drop_column, "timeline.parquet lacks column(s) fpr_at_tpr"),
         (_other_run_flags, "come from different runs"),

@@ -56,6 +56,10 @@ def test_target_lira_and_predictors_match_a_direct_computation(population, resul
     others = [m for m in range(N_MODELS) if m != 2]
     expected = lira(final[2], final[others], synthetic.member[others])
     np.testing.assert_allclose(samples["lira"], expected, rtol=1e-12)
+    train = synthetic.pool[synthetic.pool["split"] == "train"]
+    assert samples["prompt"].tolist() == train["prompt"].tolist()  # for the report's at-risk table
+    labels = [options[i] for options, i in zip(train["options"], train["label_index"], strict=True)]
+    assert samples["label"].tolist() == labels
 
     target = files[2]
     medians = np.median(target["loss"][:, target["member"]], axis=1)

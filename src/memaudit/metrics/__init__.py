@@ -8,6 +8,7 @@ from memaudit.metrics.evaluation import (
     METRICS,
     Roc,
     auc,
+    average_ranks,
     best_layer,
     evaluate,
     fpr_at_tpr,
@@ -16,6 +17,7 @@ from memaudit.metrics.evaluation import (
     off_the_shelf,
     prediction_checkpoint,
     roc,
+    spearman,
     tpr_at_fpr,
 )
 from memaudit.metrics.lira import lira, lira_loo
@@ -28,6 +30,7 @@ __all__ = [
     "Roc",
     "attack_success_rate",
     "auc",
+    "average_ranks",
     "best_layer",
     "counterfactual_memorization",
     "evaluate",
@@ -44,5 +47,6 @@ __all__ = [
     "psmi",
     "psmi_slope",
     "roc",
+    "spearman",
     "tpr_at_fpr",
 ]

@@ -136,3 +136,30 @@ def best_layer(fpr_by_layer: Sequence[float | None]) -> int | None:
     if not np.isfinite(values).any():
         return None
     return int(np.nanargmin(np.where(np.isfinite(values), values, np.nan)))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, ties sharing the mean of their ranks (scipy's ``rankdata(method="average")``)."""
+    x = np.asarray(values, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], x.size]
+    mean_rank = (starts + ends + 1) / 2.0  # ranks starts+1 .. ends, averaged
+    ranks = np.empty_like(x)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation of two equally long finite vectors (Pearson's of their average ranks)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size < 2:
+        raise ValueError(f"spearman needs two vectors of the same length ≥ 2, got shapes {x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("spearman needs finite values (drop NaN and infinite ones first)")
+    rx, ry = average_ranks(x) - (x.size + 1) / 2, average_ranks(y) - (y.size + 1) / 2
+    denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    if denominator == 0:
+        raise ValueError("spearman is undefined for a constant vector")
+    return float((rx * ry).sum() / denominator)

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from memaudit.metrics import Predictor
+from memaudit.metrics import Predictor, average_ranks, fpr_at_tpr, memorized, spearman
 from memaudit.report.outputs import AggregateOutputs, kind_name, pretty_name
 
 DPI = 110
@@ -286,6 +286,128 @@ def all_models_figure(data: AggregateOutputs) -> Figure:
     return fig
 
 
+QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # shares of members called memorized
+MAX_PANELS = 16
+
+
+def fpr_by_quantile(data: AggregateOutputs, quantiles: tuple[float, ...] = QUANTILES) -> dict[str, list[float]]:
+    """FPR@TPR of each headline predictor on the target's members when "memorized" is the top ``q`` of them by
+    LiRA, for each ``q`` (NaN where a predictor has no finite value)."""
+    members = data.samples["member"].to_numpy(dtype=bool)
+    llr = data.samples["lira"].to_numpy(dtype=np.float64)[members]
+    out: dict[str, list[float]] = {}
+    for name in data.headline():
+        score = Predictor.parse(name).sign * data.samples[name].to_numpy(dtype=np.float64)[members]
+        finite = np.isfinite(score)
+        flags = [memorized(llr, rule="top_fraction", fraction=q)[finite] for q in quantiles]
+        out[name] = [fpr_at_tpr(f, score[finite], data.tpr_target) if 0 < f.sum() < f.size else np.nan for f in flags]
+    return out
+
+
+@styled
+def quantile_figure(data: AggregateOutputs) -> Figure:
+    """ablation_quantile: FPR@TPR of the headline predictors vs the share of members defining "memorized"."""
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    for name, values in fpr_by_quantile(data).items():
+        ax.plot(100 * np.array(QUANTILES), values, "o-", color=_color(name), label=pretty_name(name), gid=name)
+    share = data.summary["share_memorized"]
+    ax.axvline(100 * share, color="k", ls=":", lw=1.2, gid="this_run", label=f"this run: {share:.1%} memorized")
+    ax.set(xlabel='members called "memorized" (top % by LiRA)', ylabel=f"FPR@TPR={data.tpr_target:g}", ylim=(0, 1.02))
+    ax.set_title(f"Predictors at {_c_pred_text(data)} vs the definition of memorized")
+    ax.legend(loc="best")
+    return fig
+
+
+def _panel_checkpoints(checkpoints: np.ndarray, most: int = MAX_PANELS) -> np.ndarray:
+    """At most ``most`` checkpoints, evenly spread, the first and the last included."""
+    if checkpoints.size <= most:
+        return checkpoints
+    return checkpoints[np.unique(np.linspace(0, checkpoints.size - 1, most).round().astype(int))]
+
+
+def _member_flags(data: AggregateOutputs, samples: np.ndarray) -> np.ndarray:
+    return data.samples["memorized"].to_numpy(dtype=bool)[samples]
+
+
+@styled
+def lira_checkpoints_figure(data: AggregateOutputs) -> Figure:
+    """Appendix: the target members' LiRA at each checkpoint (against the other models' final checkpoint), the
+    finally memorized ones in red, the memorized threshold on the last panel."""
+    d = data.dynamics
+    shown = _panel_checkpoints(np.sort(d["checkpoint"].unique()))
+    cols = min(4, shown.size)
+    rows = -(-shown.size // cols)
+    fig = Figure(figsize=(2.6 * cols, 1.9 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    finite = d["lira"].to_numpy(dtype=np.float64)
+    bins = np.histogram_bin_edges(finite[np.isfinite(finite)], bins=40)
+    for ax, step in zip(axes, shown, strict=False):
+        rows_c = d[d["checkpoint"] == step]
+        llr, flags = rows_c["lira"].to_numpy(dtype=np.float64), _member_flags(data, rows_c["sample"].to_numpy())
+        ax.hist([llr[~flags], llr[flags]], bins=bins, stacked=True, color=["C0", "C3"], alpha=0.8, gid=f"lira-{step}")
+        ax.set_title(f"step {step} (epoch {rows_c['epoch'].iloc[0]:g})", fontsize=8.5)
+        ax.tick_params(labelsize=7.5)
+    axes[shown.size - 1].axvline(data.memorized_threshold, color="k", ls="--", lw=1, gid="threshold")
+    for ax in axes[shown.size :]:
+        ax.set_visible(False)
+    fig.suptitle("LiRA of the target's members along training (red: memorized at the end)")
+    fig.supxlabel("LiRA log-likelihood ratio", fontsize=9)
+    return fig
+
+
+def _band(ax, frame, column: str, color: str, label: str, gid: str) -> None:
+    """Median and 25–75 % band of ``column`` per epoch."""
+    q = frame.groupby("epoch")[column].quantile([0.25, 0.5, 0.75]).unstack()
+    ax.plot(q.index, q[0.5], "-", color=color, lw=1.6, label=label, gid=gid)
+    ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.2, lw=0, gid=f"{gid}_iqr")
+
+
+@styled
+def dynamics_figure(data: AggregateOutputs) -> Figure:
+    """Figure 2: training dynamics of hard (memorized at the end) and easy (not memorized) target members: median
+    and 25–75 % band of P-SMI at the best layer, LiRA and loss per epoch."""
+    d, s = data.dynamics, data.summary
+    hard = _member_flags(data, d["sample"].to_numpy())
+    groups = (
+        (~hard, "C0", f"easy: not memorized ({s['n_members'] - s['n_memorized']})", "easy"),
+        (hard, "C3", f"hard: memorized ({s['n_memorized']})", "hard"),
+    )
+    fig = Figure(figsize=(11.0, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3, sharex=True)
+    panels = (("psmi", pretty_name(s["best_layer"]["predictor"])), ("lira", "LiRA"), ("loss", "loss"))
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        for mask, color, legend, gid in groups:
+            _band(ax, d[mask], column, color, legend, f"{gid}_{column}")
+        ax.axvline(s["c_pred"]["epoch"], color="k", ls=":", lw=1, gid=f"c_pred_{column}")
+        ax.set(xlabel="epoch", ylabel=label)
+    if (d["loss"] > 0).all():
+        axes[2].set_yscale("log")
+    axes[0].legend(loc="best")
+    fig.suptitle(f"Training dynamics of hard and easy samples (median and 25–75 %); dotted: {_c_pred_text(data)}")
+    return fig
+
+
+@styled
+def counterfactual_figure(data: AggregateOutputs) -> Figure:
+    """Appendix figure 6: ranks of counterfactual memorization (over the whole population) vs ranks of the target's
+    LiRA, over the target's members, with Spearman's R."""
+    members = data.samples["member"].to_numpy(dtype=bool)
+    cm = data.samples["counterfactual"].to_numpy(dtype=np.float64)[members]
+    llr = data.samples["lira"].to_numpy(dtype=np.float64)[members]
+    flags = data.samples["memorized"].to_numpy(dtype=bool)[members]
+    keep = np.isfinite(cm) & np.isfinite(llr)
+    x, y = average_ranks(llr[keep]), average_ranks(cm[keep])
+    fig = Figure(figsize=(5.6, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(x[~flags[keep]], y[~flags[keep]], s=7, color="C0", alpha=0.5, lw=0, label="not memorized", gid="others")
+    ax.scatter(x[flags[keep]], y[flags[keep]], s=9, color="C3", alpha=0.8, lw=0, label="memorized", gid="memorized")
+    ax.set(xlabel="rank of LiRA (target)", ylabel="rank of counterfactual memorization (population)")
+    ax.set_title(f"Two definitions of memorization: Spearman R = {spearman(llr[keep], cm[keep]):.3f}")
+    ax.legend(loc="upper left")
+    return fig
+
+
 FIGURES: dict[str, tuple[Callable[[AggregateOutputs], Figure], str]] = {
     "roc": (
         roc_figure,
@@ -297,6 +419,11 @@ FIGURES: dict[str, tuple[Callable[[AggregateOutputs], Figure], str]] = {
         "Distribution of the target members' LiRA scores at the end of training; samples right of the red line "
         "count as memorized (the ground truth the predictors are scored against).",
     ),
+    "lira_checkpoints": (
+        lira_checkpoints_figure,
+        "The target members' LiRA score at each checkpoint (against the other models at the end of training); red: "
+        "members memorized at the end. Memorization shows as the red mass moving right.",
+    ),
     "timeline": (
         timeline_figure,
         "How well each predictor does when computed at each checkpoint (lower is better), with the median training "
@@ -307,6 +434,21 @@ FIGURES: dict[str, tuple[Callable[[AggregateOutputs], Figure], str]] = {
         layers_figure,
         "P-SMI of each layer's hidden states at c_pred (lower is better); the band is the spread over all models "
         "as the target, the dashed line is the loss.",
+    ),
+    "quantile": (
+        quantile_figure,
+        'How well each predictor does when "memorized" means the top 1 % … 50 % of the members by LiRA (lower is '
+        "better); the dotted line is this run's definition.",
+    ),
+    "dynamics": (
+        dynamics_figure,
+        "Hard samples (memorized at the end, red) and easy ones (blue) along training: median and 25–75 % band of "
+        "P-SMI at the best layer, LiRA and loss. P-SMI separates them early, before the loss does.",
+    ),
+    "counterfactual": (
+        counterfactual_figure,
+        "Each member's rank by LiRA (the target against the shadows) and by counterfactual memorization (the "
+        "population's logit gap when trained on it minus when not); Spearman's R measures their agreement.",
     ),
     "label_noise": (
         label_noise_figure,

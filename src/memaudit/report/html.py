@@ -12,6 +12,9 @@ import html
 import math
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from memaudit.config import ExperimentConfig
 from memaudit.metrics import METRICS, Predictor
 from memaudit.report.figures import FIGURES, png_bytes
@@ -30,7 +33,37 @@ th { background: #f4f4f6; } td:first-child, th:first-child { text-align: left; }
 tr.headline td { font-weight: 600; } .facts td { text-align: left; }
 figure { margin: 1.4em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.92em; color: #444; max-width: 900px; } .note { color: #555; font-size: 0.9em; }
+#at-risk th { cursor: pointer; user-select: none; } #at-risk td, .predictors td { white-space: nowrap; }
+#at-risk th[data-key=prompt] { text-align: left; }
+#at-risk td.text { white-space: normal; text-align: left; min-width: 24em; }
+#at-risk th[aria-sort=ascending]::after { content: " ▲"; } #at-risk th[aria-sort=descending]::after { content: " ▼"; }
 """
+
+# Sorts the at-risk table on a header click (numbers as numbers, a second click reverses) and filters its rows.
+_AT_RISK_SCRIPT = """
+(() => {
+  const table = document.getElementById("at-risk"), body = table.tBodies[0];
+  const heads = [...table.tHead.rows[0].cells], filter = document.getElementById("at-risk-filter");
+  const isNumber = (x) => x !== "" && !isNaN(x);
+  heads.forEach((th, i) => th.addEventListener("click", () => {
+    const up = th.getAttribute("aria-sort") !== "ascending";
+    heads.forEach((h) => h.removeAttribute("aria-sort"));
+    th.setAttribute("aria-sort", up ? "ascending" : "descending");
+    const key = (row) => row.cells[i].dataset.value;
+    const rows = [...body.rows].sort((a, b) => {
+      const x = key(a), y = key(b);
+      const order = isNumber(x) && isNumber(y) ? x - y : x.localeCompare(y);
+      return up ? order : -order;
+    });
+    body.append(...rows);
+  }));
+  filter.addEventListener("input", () => {
+    const text = filter.value.toLowerCase();
+    for (const row of body.rows) row.hidden = !row.textContent.toLowerCase().includes(text);
+  });
+})();
+"""
+EXCERPT = 100  # characters of a prompt shown in the at-risk table (the whole prompt on hover)
 
 _HOW_TO_READ = (
     "Each training sample of the target model gets a memorization score: LiRA compares the target's confidence on "
@@ -78,6 +111,69 @@ def _predictor_table(data: AggregateOutputs) -> str:
             f"<td>{int(spread['n_models'])}</td></tr>"
         )
     return f'<table class="predictors">{head}{"".join(rows)}</table>'
+
+
+def at_risk(data: AggregateOutputs) -> pd.DataFrame:
+    """The target's members that are memorized or among the K most at risk by P-SMI at the best layer (K = the
+    number memorized), most at risk first; ``rank`` 1 is the most at risk of all members (no value: last)."""
+    best = data.summary["best_layer"]["predictor"]
+    members = data.samples[data.samples["member"].to_numpy(dtype=bool)].copy()
+    risk = Predictor.parse(best).sign * members[best].to_numpy(dtype=np.float64)
+    order = np.argsort(-np.nan_to_num(risk, nan=-np.inf), kind="stable")
+    members["rank"] = np.empty(order.size, dtype=np.int64)
+    members.iloc[order, members.columns.get_loc("rank")] = np.arange(1, order.size + 1)
+    members["predicted"] = members["rank"] <= int(members["memorized"].sum())
+    members["psmi"] = members[best]
+    chosen = members[members["memorized"].to_numpy(dtype=bool) | members["predicted"].to_numpy(dtype=bool)]
+    return chosen.sort_values("rank")
+
+
+def _cell(value: object, shown: str, extra: str = "") -> str:
+    """A table cell showing ``shown``, sorted by ``value`` (``extra``: more attributes, already escaped)."""
+    return f'<td{extra} data-value="{html.escape(str(value))}">{html.escape(shown)}</td>'
+
+
+def _number_cell(value: float, digits: int) -> str:
+    finite = math.isfinite(value)
+    return _cell(repr(value) if finite else "", f"{value:.{digits}f}" if finite else "n/a", ' class="n"')
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _at_risk_row(row: pd.Series) -> str:
+    prompt = " ".join(str(row["prompt"]).split())
+    excerpt = prompt if len(prompt) <= EXCERPT else prompt[: EXCERPT - 1] + "…"
+    cells = [
+        _cell(int(row["rank"]), str(int(row["rank"]))),
+        _cell(int(row["global_index"]), str(int(row["global_index"]))),
+        _cell(excerpt, excerpt, f' class="text" title="{html.escape(prompt)}"'),
+        _cell(row["label"], str(row["label"])),
+        _cell(_yes(row["label_randomized"]), _yes(row["label_randomized"])),
+        _cell(_yes(row["memorized"]), _yes(row["memorized"])),
+        _cell(_yes(row["predicted"]), _yes(row["predicted"])),
+        _number_cell(float(row["lira"]), 3),
+        _number_cell(float(row["psmi"]), 4),
+    ]
+    return f"<tr>{''.join(cells)}</tr>"
+
+
+def _at_risk_table(data: AggregateOutputs) -> str:
+    best = pretty_name(data.summary["best_layer"]["predictor"])
+    heads = (("rank", "risk rank"), ("id", "id"), ("prompt", "prompt"), ("label", "trained label"),
+             ("noisy", "random label"), ("memorized", "memorized"), ("predicted", "predicted"), ("lira", "LiRA"),
+             ("psmi", best))  # fmt: skip
+    initial = {"rank": ' aria-sort="ascending"'}  # the rows come most at risk first
+    head = "".join(f'<th data-key="{k}"{initial.get(k, "")}>{html.escape(text)}</th>' for k, text in heads)
+    rows = "".join(_at_risk_row(row) for _, row in at_risk(data).iterrows())
+    return (
+        '<p class="note">The memorized members (ground truth) and the members P-SMI ranks most at risk at c_pred, as '
+        "many as are memorized. Click a header to sort; type to filter. "
+        '<input id="at-risk-filter" type="search" placeholder="filter rows" aria-label="filter rows"></p>'
+        f'<table id="at-risk"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+        f"<script>{_AT_RISK_SCRIPT}</script>"
+    )
 
 
 def _share(value: float | None, count: int | None = None) -> str:
@@ -147,6 +243,7 @@ def build_html(cfg: ExperimentConfig, data: AggregateOutputs, figures: dict[str,
         f"<h2>Predictors at c_pred</h2>{_predictor_table(data)}"
         '<p class="note">★ best layer on the target. Mean ± std over models: each model of the population as the '
         "target, against the others (leave-one-out), at the same checkpoint and layer.</p>"
+        f"<h2>Samples at risk</h2>{_at_risk_table(data)}"
         f"<h2>Figures</h2>{''.join(blocks)}</body></html>\n"
     )
 

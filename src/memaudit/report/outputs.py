@@ -1,7 +1,8 @@
 """The aggregate stage's outputs, as a format: their file names, what they must hold, and the checked reader.
 
 One aggregate output folder holds ``summary.json`` (the headline numbers), ``samples.parquet`` (one row per train-pool
-sample), ``roc.parquet`` (the target's ROC curves) and ``timeline.parquet`` (every predictor at every checkpoint);
+sample, with its prompt and trained label), ``roc.parquet`` (the target's ROC curves), ``timeline.parquet`` (every
+predictor at every checkpoint) and ``dynamics.parquet`` (every target member at every checkpoint);
 :mod:`memaudit.stages.aggregate` writes them. :func:`load_aggregate` checks them on load (present, readable, the
 expected keys and columns, consistent with each other and with the config's evaluation fingerprint); any problem is
 a :class:`MemauditError` that names the file and says to re-run the aggregate stage. :func:`format_summary` is the
@@ -27,6 +28,7 @@ SUMMARY = "summary.json"
 SAMPLES = "samples.parquet"
 ROC = "roc.parquet"
 TIMELINE = "timeline.parquet"
+DYNAMICS = "dynamics.parquet"
 _DISPLAY = {
     "psmi": "P-SMI",
     "mahalanobis": "Mahalanobis",
@@ -53,20 +55,34 @@ _SUMMARY_KEYS = (
     "predictors",
 )
 _COLUMNS = {
-    SAMPLES: ("member", "lira", "memorized", "label_randomized", "label_wrong", "loss", "logit_gap"),
+    SAMPLES: (
+        "global_index",
+        "prompt",
+        "label",
+        "member",
+        "lira",
+        "memorized",
+        "label_randomized",
+        "label_wrong",
+        "loss",
+        "logit_gap",
+        "counterfactual",
+    ),
     ROC: ("predictor", "fpr", "tpr", "threshold"),
     TIMELINE: ("checkpoint", "epoch", "median_member_loss", "median_test_loss", "predictor", "fpr_at_tpr"),
+    DYNAMICS: ("checkpoint", "epoch", "sample", "lira", "loss", "psmi"),
 }
 
 
 @dataclass(frozen=True)
 class AggregateOutputs:
-    """The aggregate stage's four outputs, checked, plus the memorized threshold of the config's rule."""
+    """The aggregate stage's five outputs, checked, plus the memorized threshold of the config's rule."""
 
     summary: dict[str, Any]
     samples: pd.DataFrame
     roc: pd.DataFrame
     timeline: pd.DataFrame
+    dynamics: pd.DataFrame
     memorized_threshold: float
     c_pred_level: float | None  # median member loss under which c_pred is chosen (None when c_pred was forced)
 
@@ -160,7 +176,7 @@ def load_aggregate(cfg: ExperimentConfig, aggregate_dir: str | Path) -> Aggregat
             f"the config gives {cfg.evaluation_fingerprint()}",
             "pass the run's config, or " + _FIX,
         )
-    samples, curves, timeline = (_read_table(folder / name) for name in _COLUMNS)
+    samples, curves, timeline, dynamics = (_read_table(folder / name) for name in _COLUMNS)
     members, flags = samples["member"].to_numpy(dtype=bool), samples["memorized"].to_numpy(dtype=bool)
     if int(members.sum()) != summary["n_members"] or int(flags.sum()) != summary["n_memorized"]:
         raise MemauditError(f"{folder}'s samples.parquet and summary.json come from different runs", _FIX)
@@ -173,7 +189,9 @@ def load_aggregate(cfg: ExperimentConfig, aggregate_dir: str | Path) -> Aggregat
     threshold = _threshold(cfg, samples, folder / SAMPLES)
     c = summary["c_pred"]
     level = None if c["rule"] == "forced" else cfg.evaluation.c_pred_loss_ratio * c["median_member_loss"][0]
-    return AggregateOutputs(summary, samples, curves, timeline, threshold, level)
+    if not set(dynamics["sample"]) == set(np.flatnonzero(members)):
+        raise MemauditError(f"{folder / DYNAMICS} and samples.parquet come from different runs", _FIX)
+    return AggregateOutputs(summary, samples, curves, timeline, dynamics, threshold, level)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -17,7 +17,8 @@ in the file name or its folder, e.g. ``shadows/3/scores.npz`` or ``shadow-3.npz`
 The files are read by :mod:`memaudit.stages.population`. Outputs in ``output_dir`` (format in
 :mod:`memaudit.report.outputs`): ``samples.parquet`` (one row per train-pool sample: raw predictor values at c_pred,
 not sign-flipped, plus the target's P-SMI slope against checkpoint 0 and P-SMI std over directions per layer),
-``summary.json``, ``roc.parquet`` (target, c_pred) and ``timeline.parquet`` (target, every checkpoint), each written
+``summary.json``, ``roc.parquet`` (target, c_pred), ``timeline.parquet`` (target, every checkpoint) and
+``dynamics.parquet`` (every target member at every checkpoint: LiRA, loss, P-SMI at the best layer), each written
 atomically.
 """
 
@@ -53,7 +54,7 @@ from memaudit.metrics import (
     psmi_slope,
     roc,
 )
-from memaudit.report.outputs import ROC, SAMPLES, SUMMARY, TIMELINE
+from memaudit.report.outputs import DYNAMICS, ROC, SAMPLES, SUMMARY, TIMELINE
 from memaudit.stages.population import Population, read_population, stored_values
 from memaudit.store.atomic import atomic_path, write_bytes
 
@@ -140,13 +141,17 @@ def _per_model(cfg: ExperimentConfig, pop: Population, truth: _GroundTruth) -> d
     return out
 
 
-def _timeline(cfg: ExperimentConfig, pop: Population, flags: np.ndarray) -> pd.DataFrame:
-    """FPR@TPR and AUC of every predictor of the target at every checkpoint."""
+def _target_by_checkpoint(cfg: ExperimentConfig, pop: Population) -> tuple[np.ndarray, np.ndarray]:
+    """The target's logit gaps [C, N] and its LiRA at every checkpoint against the others' final ones [C, N]."""
     t, others = pop.target, np.arange(1, len(pop.ids))
-    members, label = t["member"], t["label_index"]
+    gaps = logit_gap(t["option_logits"], np.broadcast_to(t["label_index"], t["option_logits"].shape[:2]))
+    return gaps, lira(gaps, pop.final_gap[others], pop.member[others], **_lira_kwargs(cfg))
+
+
+def _timeline(cfg: ExperimentConfig, pop: Population, flags: np.ndarray, gaps, early) -> pd.DataFrame:
+    """FPR@TPR and AUC of every predictor of the target at every checkpoint."""
+    t, members = pop.target, pop.target["member"]
     names = predictor_names(list(pop.layers), pop.with_mahalanobis)
-    gaps = logit_gap(t["option_logits"], np.broadcast_to(label, t["option_logits"].shape[:2]))
-    early = lira(gaps, pop.final_gap[others], pop.member[others], **_lira_kwargs(cfg))
     rows = []
     for c in range(t["checkpoints"].shape[0]):
         values = _predictor_values(stored_values(t, c, pop.with_mahalanobis), gaps[c], early[c], len(pop.layers))
@@ -164,6 +169,23 @@ def _timeline(cfg: ExperimentConfig, pop: Population, flags: np.ndarray) -> pd.D
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _dynamics(pop: Population, early: np.ndarray, best_layer: int) -> pd.DataFrame:
+    """Every target member at every checkpoint: its LiRA (against the others' final checkpoint), loss and P-SMI
+    at the best layer."""
+    t, members = pop.target, np.flatnonzero(pop.target["member"])
+    n_checkpoints, layer = t["checkpoints"].shape[0], list(pop.layers).index(best_layer)
+    return pd.DataFrame(
+        {
+            "checkpoint": np.repeat(t["checkpoints"].astype(np.int64), members.size),
+            "epoch": np.repeat(t["epochs"].astype(np.float64), members.size),
+            "sample": np.tile(members, n_checkpoints),
+            "lira": early[:, members].ravel(),
+            "loss": t["loss"][:, members].astype(np.float64).ravel(),
+            "psmi": t["psmi"][:, layer, members].astype(np.float64).ravel(),
+        }
+    )
 
 
 def _share(flags: np.ndarray, where: np.ndarray) -> float | None:
@@ -200,7 +222,8 @@ def _samples(
 ) -> pd.DataFrame:
     """One row per train-pool sample: labels, membership, LiRA, memorized, every predictor's raw value at c_pred."""
     t, members = pop.target, pop.member[0]
-    samples = pd.DataFrame({"global_index": t["global_index"]})
+    samples = pd.DataFrame({"global_index": t["global_index"], "prompt": train["prompt"].to_numpy()})
+    samples["label"] = [options[i] for options, i in zip(train["options"], train["label_index"], strict=True)]
     samples["label_randomized"] = train["label_status"].to_numpy() == 0
     samples["label_wrong"] = train["label_index"].to_numpy() != train["gold_index"].to_numpy()
     mem_all = np.zeros_like(members)
@@ -290,9 +313,9 @@ def _summary(cfg: ExperimentConfig, pop: Population, truth: _GroundTruth, sample
     }
 
 
-def _write_outputs(out: Path, samples: pd.DataFrame, curves: pd.DataFrame, timeline: pd.DataFrame, summary) -> None:
+def _write_outputs(out: Path, frames: dict[str, pd.DataFrame], summary: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for name, frame in ((SAMPLES, samples), (ROC, curves), (TIMELINE, timeline)):
+    for name, frame in frames.items():
         with atomic_path(out / name) as tmp:
             frame.to_parquet(tmp, index=False)
     write_bytes(out / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
@@ -330,8 +353,11 @@ def aggregate(
         numbers, curves = _evaluate_target(names, [v[members] for v in values], truth.flags, cfg.evaluation.tpr_target)
         samples = _samples(cfg, train, pop, truth, values)
         summary = {**_summary(cfg, pop, truth, samples, numbers, values), "missing_shadows": sorted(missing)}
-        timeline = _timeline(cfg, pop, truth.flags)
+        gaps, early = _target_by_checkpoint(cfg, pop)
+        timeline = _timeline(cfg, pop, truth.flags, gaps, early)
+        dynamics = _dynamics(pop, early, summary["best_layer"]["layer"])
     except ValueError as exc:  # the metrics refuse arrays they cannot score
         raise MemauditError(f"aggregate: {exc}", _FIX) from None
-    _write_outputs(Path(output_dir), samples, curves, timeline, summary)
+    frames = {SAMPLES: samples, ROC: curves, TIMELINE: timeline, DYNAMICS: dynamics}
+    _write_outputs(Path(output_dir), frames, summary)
     return summary
