@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from memaudit.store import LocalStore
+from memaudit.store.layout import OUTPUTS_FORMAT
 from tests.support.faults import record
 from tests.support.pipeline_config import small_config
 from tests.support.task_runs import aggregate, finetune, plot, point_tasks_at, prepare, progress_events, score
@@ -20,9 +21,9 @@ CASES = {  # object of the store (a glob under the fingerprint), what happens to
     "score file, changed": ("shadows/0/scores.npz", "change"),
     "score file, deleted": ("shadows/1/scores.npz", "delete"),
     "training log, changed": ("shadows/2/train_log.json", "change"),
-    "aggregate summary, changed": (f"aggregate/{EFP}/summary.json", "change"),
-    "aggregate samples, deleted": (f"aggregate/{EFP}/samples.parquet", "delete"),
-    "report page, changed": (f"report/{EFP}/report.html", "change"),
+    "aggregate summary, changed": (f"aggregate-v{OUTPUTS_FORMAT}/{EFP}/summary.json", "change"),
+    "aggregate samples, deleted": (f"aggregate-v{OUTPUTS_FORMAT}/{EFP}/samples.parquet", "delete"),
+    "report page, changed": (f"report-v{OUTPUTS_FORMAT}/{EFP}/report.html", "change"),
     "pool, changed": ("pool.parquet", "change"),
     "membership, deleted": ("member.npy", "delete"),
 }

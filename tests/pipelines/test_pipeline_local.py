@@ -19,6 +19,7 @@ from minio import Minio
 
 from memaudit.progress import read_events
 from memaudit.store import RunStorage, s3_store_from_env
+from memaudit.store.layout import OUTPUTS_FORMAT
 from tests.support.pipeline_config import small_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -60,8 +61,9 @@ def test_outputs_are_sealed_in_the_bucket(first_run, s3_server):
     fp, efp = cfg.fingerprint(), cfg.evaluation_fingerprint()
     client = Minio(s3_server.endpoint.removeprefix("http://"), s3_server.access_key, s3_server.secret_key, secure=False)
     keys = {o.object_name for o in client.list_objects(s3_server.bucket, prefix=f"{fp}/", recursive=True)}
-    for key in ("pool.parquet", "member.npy", "COMPLETE", "base-model/COMPLETE", f"aggregate/{efp}/summary.json",
-                f"aggregate/{efp}/COMPLETE", f"report/{efp}/report.html", f"report/{efp}/COMPLETE"):  # fmt: skip
+    aggregate, report = f"aggregate-v{OUTPUTS_FORMAT}/{efp}", f"report-v{OUTPUTS_FORMAT}/{efp}"
+    for key in ("pool.parquet", "member.npy", "COMPLETE", "base-model/COMPLETE", f"{aggregate}/summary.json",
+                f"{aggregate}/COMPLETE", f"{report}/report.html", f"{report}/COMPLETE"):  # fmt: skip
         assert f"{fp}/{key}" in keys, key
     for shadow in range(cfg.shadows.n_shadows):
         assert f"{fp}/shadows/{shadow}/scores.npz" in keys and f"{fp}/shadows/{shadow}/COMPLETE" in keys

@@ -21,7 +21,7 @@ from memaudit.store import (
     store_from_env,
 )
 from memaudit.store.base import TMP_PREFIX
-from memaudit.store.layout import checkpoint_name, checkpoint_step
+from memaudit.store.layout import OUTPUTS_FORMAT, checkpoint_name, checkpoint_step
 
 pytestmark = pytest.mark.integration
 
@@ -271,10 +271,10 @@ def test_layout_keys_follow_design_section_5():
     assert layout.base_model == "0123abcd0123abcd/base-model"
     assert layout.adapter(7, 120) == "0123abcd0123abcd/shadows/7/ckpt-120/adapter"
     assert layout.scores(7) == "0123abcd0123abcd/shadows/7/scores.npz"
-    assert layout.aggregate("ffff") == "0123abcd0123abcd/aggregate/ffff"
-    assert layout.aggregate("ffff", "summary.json") == "0123abcd0123abcd/aggregate/ffff/summary.json"
-    assert layout.report("ffff") == "0123abcd0123abcd/report/ffff"
-    assert layout.report("ffff", "report.html") == "0123abcd0123abcd/report/ffff/report.html"
+    assert layout.aggregate("ffff") == f"0123abcd0123abcd/aggregate-v{OUTPUTS_FORMAT}/ffff"
+    assert layout.aggregate("ffff", "summary.json") == f"0123abcd0123abcd/aggregate-v{OUTPUTS_FORMAT}/ffff/summary.json"
+    assert layout.report("ffff") == f"0123abcd0123abcd/report-v{OUTPUTS_FORMAT}/ffff"
+    assert layout.report("ffff", "report.html") == f"0123abcd0123abcd/report-v{OUTPUTS_FORMAT}/ffff/report.html"
     assert layout.train_log(7) == "0123abcd0123abcd/shadows/7/train_log.json"
     assert layout.resume(7) == "0123abcd0123abcd/shadows/7/resume"
     assert checkpoint_name(120) == "ckpt-120" and checkpoint_step("ckpt-120") == 120

@@ -31,9 +31,6 @@ def _free(default: Any = None, description: str = "", **kwargs: Any) -> Any:
     return Field(default, description=description, json_schema_extra=NOT_FINGERPRINTED, **kwargs)
 
 
-AGGREGATE_FORMAT = 2  # bump when the aggregate stage's outputs change (their columns or files)
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -320,10 +317,8 @@ class ExperimentConfig(_Section):
         return digest(content)
 
     def evaluation_fingerprint(self) -> str:
-        """16 hex digits over the main fingerprint, the evaluation settings and the aggregate's output format (keys
-        aggregate outputs: stored ones of an older format are not reused)."""
-        content = {"base": self.fingerprint(), "evaluation": result_content(self.evaluation)}
-        return digest(content | {"outputs": AGGREGATE_FORMAT})
+        """16 hex digits over the main fingerprint and the evaluation settings (keys aggregate outputs)."""
+        return digest({"base": self.fingerprint(), "evaluation": result_content(self.evaluation)})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (round-trips through :func:`config_from_dict`)."""

@@ -10,8 +10,8 @@ names below are the only definition of the artifact names a shadow's local work 
     <fp>/shadows/<id>/resume/…                  trainer state of the latest checkpoint (deleted once scored)
     <fp>/shadows/<id>/scores.npz
     <fp>/shadows/<id>/COMPLETE                  written last by the score task: the whole shadow is done
-    <fp>/aggregate/<evaluation fp>/…            sealed prefix
-    <fp>/report/<evaluation fp>/…               sealed prefix
+    <fp>/aggregate-v<N>/<evaluation fp>/…       sealed prefix (N: OUTPUTS_FORMAT)
+    <fp>/report-v<N>/<evaluation fp>/…          sealed prefix
     <fp>/quarantine/<time>-<id>/…               damaged objects, moved aside (never deleted) when found
 """
 
@@ -38,6 +38,8 @@ SCORES = "scores.npz"
 _RESUME_INFO = "state.json"
 _FINGERPRINT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]*$")
 _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+OUTPUTS_FORMAT = 2  # of the aggregate's and the report's files: bump when they change (older ones are not reused)
 
 
 def _check_fingerprint(value: str, what: str) -> str:
@@ -118,8 +120,7 @@ class RunLayout:
 
     def aggregate(self, evaluation_fingerprint: str, name: str = "") -> str:
         """The aggregate's prefix for these evaluation settings, or the key of its output ``name``."""
-        prefix = f"{self.root}/aggregate/{_check_fingerprint(evaluation_fingerprint, 'evaluation fingerprint')}"
-        return f"{prefix}/{name}" if name else prefix
+        return self._outputs("aggregate", evaluation_fingerprint, name)
 
     def prediction(self, variant: str, name: str = "") -> str:
         """The prefix of one early-warning prediction (``variant``: a digest of its settings), or its file ``name``."""
@@ -132,7 +133,11 @@ class RunLayout:
 
     def report(self, evaluation_fingerprint: str, name: str = "") -> str:
         """The report's prefix for these evaluation settings, or the key of its file ``name``."""
-        prefix = f"{self.root}/report/{_check_fingerprint(evaluation_fingerprint, 'evaluation fingerprint')}"
+        return self._outputs("report", evaluation_fingerprint, name)
+
+    def _outputs(self, kind: str, evaluation_fingerprint: str, name: str) -> str:
+        fingerprint = _check_fingerprint(evaluation_fingerprint, "evaluation fingerprint")
+        prefix = f"{self.root}/{kind}-v{OUTPUTS_FORMAT}/{fingerprint}"
         return f"{prefix}/{name}" if name else prefix
 
 
