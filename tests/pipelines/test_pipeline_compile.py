@@ -172,3 +172,12 @@ def test_cli_compile_writes_ir_and_kubernetes_manifest(tmp_path, capsys):
     assert all(d["apiVersion"] == "pipelines.kubeflow.org/v2beta1" for d in docs)
     assert all(d["metadata"]["namespace"] == "team-a" for d in docs)
     assert docs[1]["spec"]["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]["preset"]["defaultValue"] == "demo"
+
+
+def test_the_kfp_run_page_shows_the_report_and_its_headline(compiled):
+    _, _, spec, _ = compiled
+    outputs = spec["components"]["comp-plot"]["outputDefinitions"]["artifacts"]
+    assert outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert outputs["headline"]["artifactType"]["schemaTitle"] == "system.Markdown"
+    metrics = spec["components"]["comp-aggregate"]["outputDefinitions"]["artifacts"]["metrics"]
+    assert metrics["artifactType"]["schemaTitle"] == "system.Metrics"

@@ -110,6 +110,9 @@ def test_summary_samples_and_report_are_sane(first_run):
     assert len(samples) == summary["n_samples"] and samples["global_index"].is_unique
     assert samples.loc[samples["member"], ["psmi_std_L1", "psmi_slope_L2"]].notna().all().all()
     assert "psmi_L1" in stdout and f"report: {out / 'report' / 'report.html'}" in stdout
+    headline = next((out / "kfp").rglob("plot/headline")).read_text()  # the KFP run page's Markdown
+    assert headline.startswith("**memaudit audit:") and "| P-SMI (layer" in headline
+    assert "MLflow: " in stdout and "runs?workflowType=machine_learning" in stdout
 
 
 def test_second_run_skips_every_completed_task(first_run, s3_server, mlflow_server):
