@@ -113,6 +113,7 @@ def test_summary_samples_and_report_are_sane(first_run):
     headline = next((out / "kfp").rglob("plot/headline")).read_text()  # the KFP run page's Markdown
     assert headline.startswith("**memaudit audit:") and "| P-SMI (layer" in headline
     assert "MLflow: " in stdout and "runs?workflowType=machine_learning" in stdout
+    assert "estimate: " in stdout and "device-hours on 2 CPU cores" in stdout  # printed before the run
 
 
 def test_second_run_skips_every_completed_task(first_run, s3_server, mlflow_server):

@@ -18,6 +18,7 @@ from typer._click.exceptions import ClickException  # typer 0.29 vendors click: 
 
 from memaudit.cli.audit import audit_model
 from memaudit.cli.compare import compare
+from memaudit.cli.estimate import estimate, estimate_line
 from memaudit.cli.options import ConfigOpt, DataOpt, PresetOpt, SetOpt, data_overrides, resolve_config
 from memaudit.cli.predict import predict
 from memaudit.cli.stages import stage_app
@@ -36,6 +37,7 @@ app.add_typer(config_app, name="config")
 app.command()(predict)
 app.command("audit-model")(audit_model)
 app.command()(compare)
+app.command()(estimate)
 PipelineOpt = Annotated[str, typer.Option(help="audit (the shadow audit) or predict (the early warning)")]
 
 
@@ -83,6 +85,7 @@ def run(
 
     output = check_output_dir(output or Path("runs") / (cfg.preset or "custom"))
     typer.echo(f"memaudit run: preset {cfg.preset or '-'}, fingerprint {cfg.fingerprint()}, output {output}")
+    typer.echo(estimate_line(cfg, "cpu"))
     result = run_local(cfg, output, progress=progress)
     typer.echo(stage_table(result.events))
     typer.echo("")
@@ -151,9 +154,12 @@ def submit(
         ),
     ] = None,
     pipeline: PipelineOpt = "audit",
+    device: Annotated[str, typer.Option(help="GPU of the cluster, for the estimate: h100, a100 or l4")] = "h100",
 ) -> None:
     """Compile the pipeline for this config, upload it to a KFP API and start a run."""
     cfg = resolve_config(preset, config, set_, data)
+    if pipeline == "audit":
+        typer.echo(estimate_line(cfg, device))
     import contextlib
     import io
 
