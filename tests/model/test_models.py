@@ -219,3 +219,20 @@ def test_corrupted_model_folder_is_a_clear_error(cfg, built, tmp_path):
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(MemauditError, match=r"cannot load the weights from folder .*complete folder"):
         load_base_model(cfg.model, broken)
+
+
+def test_a_damaged_cached_model_is_set_aside_and_built_again(cfg, corpus, built, tmp_path, caplog):
+    from memaudit.store.seal import MARKER
+
+    cache = tmp_path / "cache"
+    shutil.copytree(built, cache / built.name)
+    cached = cache / built.name
+    assert (cached / MARKER).is_file() and ensure_base_model(cfg.model, corpus, cache) == cached  # verified, reused
+    weights = cached / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit flipped
+    with caplog.at_level("WARNING", logger="memaudit.model.tiny"):
+        again = ensure_base_model(cfg.model, corpus, cache)
+    assert again == cached and weights.read_bytes() == good  # rebuilt, seeded: the same bytes
+    assert "fails its checksums (model.safetensors)" in caplog.text
+    assert [p.name.startswith(f".damaged-{built.name}") for p in cache.iterdir() if p != cached] == [True]

@@ -19,6 +19,7 @@ from tests.support.task_runs import (
     finetune,
     flip_last_byte,
     plot,
+    point_tasks_at,
     prepare,
     progress_events,
     quarantined,
@@ -39,6 +40,20 @@ def test_prepare_builds_once_then_reuses_the_stored_pool_and_model(env):
     events = [(e["stage"], e["event"]) for e in progress_events(env / "progress.jsonl") if e["event"] != "start"]
     assert events == [("prepare", "done"), ("split", "done"), ("prepare", "skipped"), ("split", "skipped")]
     assert again.parent_run_id != first.parent_run_id  # one MLflow parent per pipeline run
+
+
+def test_a_new_output_folder_takes_the_tiny_model_from_the_machines_cache(env, monkeypatch, tmp_path_factory):
+    cfg = small_config()
+    _, art = prepare(env, cfg)
+    elsewhere = point_tasks_at(monkeypatch, tmp_path_factory.mktemp("second-output"))  # an empty store
+
+    def must_not_pretrain(*args, **kwargs):
+        raise AssertionError("the tiny model was pre-trained again")
+
+    monkeypatch.setattr("memaudit.model.tiny.pretrain_causal_lm", must_not_pretrain)
+    _, art2 = prepare(elsewhere, cfg)
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (art2 / "base_model" / name).read_bytes() == (art / "base_model" / name).read_bytes()
 
 
 def test_finetune_score_seal_the_shadow_and_a_rerun_skips(env, monkeypatch):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from memaudit.config import ModelConfig, TinyModelConfig
 from memaudit.config.presets import TINY_MODEL
 from memaudit.errors import MemauditError
 from memaudit.model.tokenization import left_pad
+from memaudit.store.seal import folder_mismatches, seal_folder
 
+log = logging.getLogger(__name__)
 BUILT_MARKER = "MEMAUDIT_BUILT"  # written last into a built tiny-model folder
 _TINY_FORMAT = 1  # bump when the builder changes what it produces
 _PRETRAIN_BATCH = 16
@@ -131,8 +135,10 @@ def tiny_model_digest(tiny_cfg: TinyModelConfig, corpus_texts: Sequence[str]) ->
 def ensure_base_model(model_cfg: ModelConfig, corpus_texts: Sequence[str], cache_dir: str | Path) -> Path:
     """The folder of the tiny model for ``model_cfg`` and the corpus: reused when already built, else built.
 
-    Builds in a temporary folder next to the final one and renames it into place, so a killed build leaves
-    nothing half-written and two processes racing for it both end up using one complete folder.
+    Builds in a temporary folder next to the final one, seals it (``COMPLETE``: every file's sha256) and renames
+    it into place, so a killed build leaves nothing half-written and two processes racing for it both end up using
+    one complete folder. A cached folder is used only when every checksum matches; a damaged one is moved aside
+    and the model built again.
     """
     if model_cfg.name != TINY_MODEL or model_cfg.tiny is None:
         raise MemauditError(
@@ -144,8 +150,14 @@ def ensure_base_model(model_cfg: ModelConfig, corpus_texts: Sequence[str], cache
         raise MemauditError("the corpus for the tiny model is empty", "pass the pool's texts (prompts and labels)")
     cache_dir = Path(cache_dir)
     final = cache_dir / f"tiny-llama-{tiny_model_digest(model_cfg.tiny, texts)}"
-    if (final / BUILT_MARKER).is_file():
-        return final
+    if final.exists():
+        damaged = folder_mismatches(final)
+        if not damaged:
+            return final
+        aside = cache_dir / f".damaged-{final.name}-{time.time_ns()}"
+        log.warning("cached tiny model %s fails its checksums (%s): moved to %s, building it again",
+                    final, ", ".join(damaged[:3]), aside)  # fmt: skip
+        os.rename(final, aside)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{final.name}."))
     try:
@@ -156,6 +168,7 @@ def ensure_base_model(model_cfg: ModelConfig, corpus_texts: Sequence[str], cache
         model.save_pretrained(tmp)
         info = {"digest": final.name, "n_texts": len(texts), "pretrain_loss": _loss_summary(losses)}
         (tmp / BUILT_MARKER).write_text(json.dumps(info, indent=1))
+        seal_folder(tmp)  # verified on every reuse, like a sealed artifact of the store
         try:
             os.rename(tmp, final)
         except OSError:

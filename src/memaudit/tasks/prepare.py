@@ -13,10 +13,12 @@ from memaudit import tracking
 from memaudit.config import ExperimentConfig, load_config, split_overrides
 from memaudit.config.presets import TINY_MODEL
 from memaudit.data.poolfile import read_pool, train_pool, write_pool
-from memaudit.store.seal import file_digest
-from memaudit.tasks.runtime import Task, set_threads, task, tracking_uri, work_dir
+from memaudit.environment import user_cache_dir
+from memaudit.store.seal import MARKER, file_digest
+from memaudit.tasks.runtime import Task, set_threads, task, tracking_uri
 
 HUB_MODEL_FILE = "memaudit-model.json"
+TINY_CACHE = "tiny-models"  # built once per machine and settings, under the user's cache folder
 
 
 @dataclass
@@ -75,9 +77,8 @@ def _base_model(t: Task, pool, out: Path) -> dict[str, Any]:
         from memaudit.model.tiny import ensure_base_model
 
         set_threads()  # one thread per process is several times faster for a model this small
-        with work_dir("base-model") as cache:
-            built = ensure_base_model(cfg.model, tiny_model_corpus(cfg, pool), cache)
-            shutil.copytree(built, folder, dirs_exist_ok=True)
+        built = ensure_base_model(cfg.model, tiny_model_corpus(cfg, pool), user_cache_dir() / TINY_CACHE)
+        shutil.copytree(built, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))  # the store seals
 
     t.reuse_or_build_dir(t.layout.base_model, out, build)
     return {"name": TINY_MODEL, "uri": t.store.uri(t.layout.base_model)}
