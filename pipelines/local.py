@@ -27,6 +27,9 @@ from memaudit.pipelines.audit import build_pipeline
 from memaudit.progress import PROGRESS_ENV, read_events
 from memaudit.tasks.results import RUN_CONFIG, RUN_STORE, collect_results
 from memaudit.tasks.runtime import STORE_DIR_ENV, THREADS_ENV, WORK_DIR_ENV
+from memaudit.tasks.warm import worker
+
+LOCAL_CONCURRENCY = 2  # kfp.local runs at most 2 ParallelFor iterations at once (its ParallelExecutor's cap)
 
 
 @dataclass
@@ -85,7 +88,8 @@ class _Bars:
 
 def _environment(cfg: ExperimentConfig, output: Path, events_path: Path) -> dict[str, str]:
     """What the tasks read: the progress file, the store and scratch folders, torch threads, MLflow."""
-    threads = max(1, (os.cpu_count() or 1) // min(cfg.run.parallelism, cfg.shadows.n_shadows))
+    at_once = min(cfg.run.parallelism, cfg.shadows.n_shadows, LOCAL_CONCURRENCY)
+    threads = max(1, (os.cpu_count() or 1) // at_once)
     env = {
         PROGRESS_ENV: str(events_path),
         STORE_DIR_ENV: str(output / RUN_STORE),
@@ -241,7 +245,9 @@ def _run_pipeline(config_path: Path, output: Path) -> None:
     pipeline = build_pipeline(cfg.model_copy(update={"run": cfg.run.model_copy(update={"retries": 0})}))
     warnings.simplefilter("ignore")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
-    pipeline(preset=cfg.preset or "", config_yaml=cfg.to_yaml())
+    warm = worker(output / "kfp.log") if cfg.run.warm_worker else contextlib.nullcontext()
+    with warm:
+        pipeline(preset=cfg.preset or "", config_yaml=cfg.to_yaml())
 
 
 def stage_table(events: list[dict]) -> str:

@@ -215,6 +215,7 @@ def assert_tracked_for_people(env, run_id: str, summary: dict, markdown: str) ->
 
 
 def test_headline_metrics_and_roc_for_the_kfp_ui(tmp_path):
+    from memaudit.report.headline import headline_metrics
     from memaudit.stages.aggregate import aggregate
     from memaudit.testing import write_synthetic_scores
 
@@ -222,13 +223,13 @@ def test_headline_metrics_and_roc_for_the_kfp_ui(tmp_path):
     cfg = small_config("shadows.n_shadows=6")
     aggregate(cfg, written.paths, written.pool, tmp_path / "agg", progress=False)
     summary = json.loads((tmp_path / "agg" / "summary.json").read_text())
-    metrics = aggregate_tasks.headline_metrics(summary)
+    metrics = headline_metrics(summary)
     assert metrics["share_memorized"] == pytest.approx(summary["share_memorized"])
     best = f"psmi_L{summary['best_layer']['layer']}"
     assert metrics["psmi_auc"] == pytest.approx(summary["predictors"][best]["target"]["auc"])
     assert metrics["loss_fpr_all"] == pytest.approx(summary["predictors"]["loss"]["all_models"]["fpr_at_tpr"]["mean"])
     assert len(metrics) <= 32 and all("." not in k for k in metrics)
-    fpr, tpr, thr = aggregate_tasks._target_roc(tmp_path / "agg" / "roc.parquet", summary)
+    fpr, tpr, thr = aggregate_tasks._target_roc(tmp_path / "agg", summary)
     assert fpr[0] == 0.0 and tpr[-1] == 1.0 and np.isfinite(thr).all() and len(fpr) == len(tpr) == len(thr)
 
 

@@ -293,6 +293,9 @@ class RunConfig(_Section):
         "", description="size of each GPU pod's own HF cache volume when no model_cache_pvc ('' = from the model size)"
     )
     experiment: str = Field("memaudit", description="MLflow experiment name")
+    warm_worker: bool = Field(
+        True, description="memaudit run: fork tasks from one process with torch and the libraries already imported"
+    )
 
 
 class ExperimentConfig(_Section):

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from memaudit.config import ExperimentConfig
-from memaudit.data.poolfile import read_pool
 from memaudit.errors import MemauditError
-from memaudit.report.headline import headline_metrics
-from memaudit.report.outputs import ROC, SAMPLES, SUMMARY
 from memaudit.store import download_uri
 from memaudit.tasks.runtime import failure_of, task, work_dir
+from memaudit.tasks.warm import forked
 
 
 @dataclass
@@ -27,12 +25,15 @@ class AggregateResult:
     roc_threshold: list[float]
 
 
-def _target_roc(path: Path, summary: dict[str, Any]) -> tuple[list[float], list[float], list[float]]:
-    """The target's ROC of P-SMI at the best layer, finite thresholds (KFP's ClassificationMetrics)."""
+def _target_roc(folder: Path, summary: dict[str, Any]) -> tuple[list[float], list[float], list[float]]:
+    """The target's ROC of P-SMI at the best layer, from the aggregate ``folder``, with finite thresholds (KFP's
+    ClassificationMetrics)."""
     import numpy as np
     import pandas as pd
 
-    roc = pd.read_parquet(path)
+    from memaudit.report.outputs import ROC
+
+    roc = pd.read_parquet(folder / ROC)
     rows = roc[roc["predictor"] == summary["best_layer"]["predictor"]]
     thr = np.nan_to_num(rows["threshold"].to_numpy(dtype=float), posinf=1e300, neginf=-1e300)
     return rows["fpr"].astype(float).tolist(), rows["tpr"].astype(float).tolist(), thr.tolist()
@@ -58,11 +59,15 @@ def complete_population(cfg: ExperimentConfig, score_uris: list[str]) -> tuple[l
     return complete, failed
 
 
+@forked
 def aggregate_task(
     *, config_json: str, parent_run_id: str, score_uris: list[str], pool_path: str, samples_path: str, summary_path: str
 ) -> AggregateResult:
     """LiRA, predictors and evaluation from the complete shadows' score files, sealed under
     aggregate/<evaluation fp> (aggregate/<evaluation fp>-without-<…> when some shadows failed)."""
+    from memaudit.data.poolfile import read_pool
+    from memaudit.report.headline import headline_metrics
+    from memaudit.report.outputs import SAMPLES, SUMMARY
     from memaudit.stages.aggregate import aggregate
 
     with task("aggregate", config_json=config_json) as t, work_dir("aggregate") as work:
@@ -79,6 +84,6 @@ def aggregate_task(
         shutil.copyfile(out / SAMPLES, samples_path)
         shutil.copyfile(out / SUMMARY, summary_path)
         summary = json.loads((out / SUMMARY).read_text())
-        fpr, tpr, thr = _target_roc(out / ROC, summary)
+        fpr, tpr, thr = _target_roc(out, summary)
         t.outcome.update(population=population, missing_shadows=sorted(failed))
     return AggregateResult(t.store.uri(prefix), headline_metrics(summary), fpr, tpr, thr)

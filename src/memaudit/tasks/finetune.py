@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from memaudit import progress, tracking
-from memaudit.data.splits import shadow_members
 from memaudit.stages.schedule import schedule_for
 from memaudit.store.base import CorruptedObject
 from memaudit.store.layout import ADAPTER_DIR, TRAINER_STATE, checkpoint_step
@@ -29,6 +28,7 @@ from memaudit.tasks.runtime import (
     tracking_uri,
     work_dir,
 )
+from memaudit.tasks.warm import forked
 
 
 def _shadow_metrics(train_log: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +99,7 @@ def _train(t: Task, shadow: int, pool, member, stored: set[int], base_model_path
     return finetune(t.cfg, pool, member, shadow, base, work, device=device, progress=False, on_checkpoint=on_checkpoint)
 
 
+@forked
 def finetune_task(**kwargs: Any) -> TaskResult:
     """Train one shadow (see :func:`_finetune_task`); a failure is recorded in its output, not raised, so that the
     other shadows go on and the aggregate can use the complete ones (``shadows.min_complete``)."""
@@ -119,6 +120,8 @@ def _finetune_task(
     manifest_path: str,
 ) -> TaskResult:
     """Train one shadow, resuming from its stored checkpoints; skipped when they are all stored."""
+    from memaudit.data.splits import shadow_members
+
     with task("finetune", config_json=config_json, shadow=shadow) as t:
         pool, member = shadow_members(pool_path, member_path, shadow)
         steps = [s for s, _ in schedule_for(t.cfg, int(member.sum()))]

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 from memaudit import tracking
-from memaudit.report.html import REPORT
 from memaudit.store import download_uri
 from memaudit.tasks.runtime import task, track_quietly, tracking_uri, work_dir
+from memaudit.tasks.warm import forked
 
 PREDICTOR_TABLE = "predictors.json"  # every predictor's numbers, as an MLflow table
 
@@ -27,6 +27,7 @@ def _log_audit(cfg, parent_run_id: str, aggregate_dir: Path, artifacts: list[Pat
     )  # fmt: skip
 
 
+@forked
 def plot_task(
     *,
     config_json: str,
@@ -40,7 +41,7 @@ def plot_task(
     """Render the report, store and log it, write its headline as Markdown (the KFP run page shows both); returns
     the report's URI."""
     from memaudit.report.headline import headline_markdown
-    from memaudit.report.html import render_report
+    from memaudit.report.html import REPORT, render_report
 
     with task("plot", config_json=config_json) as t, work_dir("plot") as work:
         summary = json.loads(Path(summary_path).read_text())

@@ -12,10 +12,10 @@ from typing import Any
 from memaudit import tracking
 from memaudit.config import ExperimentConfig, load_config, split_overrides
 from memaudit.config.presets import TINY_MODEL
-from memaudit.data.poolfile import read_pool, train_pool, write_pool
 from memaudit.environment import user_cache_dir
 from memaudit.store.seal import MARKER, file_digest
 from memaudit.tasks.runtime import Task, set_threads, task, tracking_uri
+from memaudit.tasks.warm import forked
 
 HUB_MODEL_FILE = "memaudit-model.json"
 TINY_CACHE = "tiny-models"  # built once per machine and settings, under the user's cache folder
@@ -53,6 +53,7 @@ def config_from_parameters(
 
 def _build_pool(cfg: ExperimentConfig, path: Path) -> None:
     from memaudit.data.pool import build_pool
+    from memaudit.data.poolfile import write_pool
 
     write_pool(build_pool(cfg, data_dir=cfg.dataset.data_dir, progress=False), path)
 
@@ -98,6 +99,7 @@ def _pool_input(cfg: ExperimentConfig, pool_path: Path, n_train: int, n_test: in
     return tracking.PoolInput(ds.name, digest, source_type, source, profile, context="train")
 
 
+@forked
 def prepare_task(
     *,
     preset: str,
@@ -111,6 +113,7 @@ def prepare_task(
     base_model_path: str,
 ) -> PrepareResult:
     """Resolve the config, write the pool and the base model (from the store when already built), open MLflow."""
+    from memaudit.data.poolfile import read_pool, train_pool
 
     def resolve() -> ExperimentConfig:
         return config_from_parameters(preset, config_yaml, overrides, n_shadows, dataset, model)

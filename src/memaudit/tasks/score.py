@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from memaudit.data.splits import shadow_members
 from memaudit.stages.schedule import schedule_for
 from memaudit.tasks.runtime import (
     Task,
@@ -18,10 +17,12 @@ from memaudit.tasks.runtime import (
     task,
     work_dir,
 )
+from memaudit.tasks.warm import forked
 
 
 def _score(t: Task, shadow: int, pool_path: str, member_path: str, base_model_path: str) -> None:
     """Download the checkpoints, score them, store the score file."""
+    from memaudit.data.splits import shadow_members
     from memaudit.stages.checkpoints import restore_checkpoint
     from memaudit.stages.score import score_shadow
 
@@ -39,6 +40,7 @@ def _score(t: Task, shadow: int, pool_path: str, member_path: str, base_model_pa
         t.store.put_file(t.layout.scores(shadow), scores)
 
 
+@forked
 def score_task(**kwargs: Any) -> TaskResult:
     """Score one shadow (see :func:`_score_task`); a failure, or its fine-tune's, is recorded in its output."""
     upstream = json.loads(Path(kwargs["checkpoints_manifest"]).read_text()).get("failed")
