@@ -23,6 +23,7 @@ from memaudit.metrics.evaluation import (
 from memaudit.metrics.lira import lira, lira_loo
 from memaudit.metrics.predictors import Predictor, predictor_names
 from memaudit.metrics.psmi import psmi, psmi_slope
+from memaudit.metrics.rmia import fit_offline_a, option_probability, rmia
 
 __all__ = [
     "METRICS",
@@ -34,6 +35,7 @@ __all__ = [
     "best_layer",
     "counterfactual_memorization",
     "evaluate",
+    "fit_offline_a",
     "fpr_at_tpr",
     "lira",
     "lira_loo",
@@ -42,10 +44,12 @@ __all__ = [
     "memorized",
     "memorized_threshold",
     "off_the_shelf",
+    "option_probability",
     "prediction_checkpoint",
     "predictor_names",
     "psmi",
     "psmi_slope",
+    "rmia",
     "roc",
     "spearman",
     "tpr_at_fpr",
