@@ -37,8 +37,13 @@ SUMMARY = {
     "n_members": 100,
     "n_shadows_used": 15,
     "lira_mode": "global",
+    "ground_truth": {"attack": "rmia", "mode": "offline", "label": "RMIA offline (a 0.3, γ 1)"},
     "enrichment": {"share_memorized_noisy": 0.5, "share_memorized_clean": 0.0625},
-}
+    "shadow_curve": {
+        "reference": "lira_online with all 15 shadows", "ks": [1, 2, 4, 8, 15], "goal": 0.9,
+        "smallest_k": {"lira_online": 15, "lira_offline": None, "rmia_online": 8, "rmia_offline": 4},
+    },
+}  # fmt: skip
 
 
 def test_headline_metrics_have_short_names_and_leave_missing_values_out():
@@ -48,7 +53,8 @@ def test_headline_metrics_have_short_names_and_leave_missing_values_out():
     assert not any(k.startswith("mahalanobis") for k in m)  # None is never logged
     assert m["noisy_enrichment"] == pytest.approx(8.0)  # 0.5 / 0.0625
     assert (m["ots_fpr"], m["ots_tpr"], m["c_pred_step"], m["best_layer"]) == (0.1, 0.6, 13, 2)
-    assert set(FACTS) <= set(m) and len(m) <= 32 and all(len(k) <= 24 for k in m)
+    assert (m["k90_rmia_offline"], m["k90_lira_online"]) == (4, 15) and "k90_lira_offline" not in m  # never reached
+    assert set(FACTS) - {"k90_lira_offline"} <= set(m) and len(m) <= 32 and all(len(k) <= 24 for k in m)
     clean_zero = {**SUMMARY, "enrichment": {"share_memorized_noisy": 0.5, "share_memorized_clean": 0.0}}
     assert "noisy_enrichment" not in headline_metrics(clean_zero)
 
@@ -60,6 +66,10 @@ def test_headline_markdown_is_a_table_of_the_papers_predictors():
     assert rows[1].startswith("| P-SMI (layer 2) | 0.0500 | 0.950 | 0.0600 ± 0.0100")
     assert rows[4].startswith("| Mahalanobis (layer 2) | n/a | n/a | n/a") and rows[-1].startswith("| Early LiRA")
     assert "8.00×" in text and "step 13" in text and "10 of 100" in text
+    assert "by RMIA offline (a 0.3, γ 1) over 15 shadows" in text
+    assert (
+        "90% overlap with the lira_online with all 15 shadows: lira_online 15, lira_offline >15, rmia_online 8" in text
+    )
 
 
 def test_predictor_table_has_one_row_per_predictor():

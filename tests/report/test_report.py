@@ -1,4 +1,5 @@
 import base64
+import dataclasses
 import io
 import json
 import shutil
@@ -27,6 +28,7 @@ from memaudit.report.figures import (
     png_bytes,
     quantile_figure,
     roc_figure,
+    shadow_curve_figure,
     timeline_figure,
 )
 from memaudit.report.html import at_risk, render_report
@@ -300,6 +302,23 @@ def test_quantile_figure_recomputes_fpr_for_each_definition_of_memorized(rendere
     np.testing.assert_allclose(line.get_xdata(), 100 * np.array(QUANTILES))
     (mark,) = _by_gid(fig, "this_run")
     assert mark.get_xdata()[0] == pytest.approx(100 * data.summary["share_memorized"])
+
+
+def test_shadow_curve_figure_plots_the_mean_overlap_per_attack_and_the_cost_of_k_shadows(rendered):
+    _, data = rendered
+    curve, ks = data.shadow_curve, data.summary["shadow_curve"]["ks"]
+    fig = shadow_curve_figure(dataclasses.replace(data, shadow_cost=("2 CPU cores (measured)", 0.5)))
+    for attack, rows in curve.groupby("attack"):
+        (line,) = _by_gid(fig, attack)
+        means = rows.groupby("k")["overlap"].mean()
+        np.testing.assert_allclose(line.get_xdata(), means.index)
+        np.testing.assert_allclose(line.get_ydata(), means.to_numpy())
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(k) for k in ks] and ax.get_xscale() == "log"
+    top = next(a for a in fig.axes[0].child_axes)
+    assert top.get_xlabel() == "device-hours on 2 CPU cores (measured)"
+    assert [t.get_text() for t in top.get_xticklabels()] == [f"{k * 0.5:.2g}" for k in ks]
+    assert not shadow_curve_figure(data).axes[0].child_axes  # no cost known: no top axis
 
 
 def test_dynamics_output_and_its_figures(rendered):

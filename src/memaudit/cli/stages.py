@@ -183,7 +183,7 @@ def _score_paths(scores: list[Path] | None, more: list[Path] | None, scores_list
 @stage_app.command("aggregate")
 def stage_aggregate(
     pool: Annotated[Path, typer.Option("--pool", help="pool.parquet of the run")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="folder for samples/summary/roc/timeline")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for summary.json and the five tables")],
     scores: Annotated[list[Path] | None, typer.Option("--scores", help="score files (one per shadow)")] = None,
     more_scores: Annotated[list[Path] | None, typer.Argument(help="more score files", show_default=False)] = None,
     scores_list: Annotated[Path | None, typer.Option("--scores-list", help="file with one score path a line")] = None,
@@ -193,16 +193,17 @@ def stage_aggregate(
     data: DataOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """LiRA ground truth, predictors and their evaluation from all shadows' score files (prints the summary)."""
+    """Ground truth (LiRA or RMIA), predictors, their evaluation and the shadow curve from all shadows' score files
+    (prints the summary)."""
     from memaudit.data.poolfile import read_pool
-    from memaudit.report.outputs import ROC, SAMPLES, SUMMARY, TIMELINE, format_summary
+    from memaudit.report.outputs import OUTPUT_FILES, format_summary
     from memaudit.stages.aggregate import aggregate
 
     cfg = resolve_config(preset, config, set_, data)
     paths = _score_paths(scores, more_scores, scores_list)
     summary = aggregate(cfg, paths, read_pool(pool), output, progress=not quiet)
     typer.echo(format_summary(summary))
-    typer.echo(f"wrote {', '.join(str(output / name) for name in (SUMMARY, SAMPLES, ROC, TIMELINE))}")
+    typer.echo(f"wrote {', '.join(str(output / name) for name in OUTPUT_FILES)}")
 
 
 @stage_app.command("plot")

@@ -9,17 +9,17 @@ from typing import Any
 from pydantic import BaseModel
 
 NOT_FINGERPRINTED = {"affects_results": False}  # json_schema_extra of a field that does not change results
-FINGERPRINTED_WHEN_SET = {"affects_results": "when set"}  # left out while None: older fingerprints stay valid
+FINGERPRINTED_WHEN_SET = {"affects_results": "when set"}  # left out at its default: older fingerprints stay valid
 
 
 def result_content(model: BaseModel) -> dict[str, Any]:
     """The model's fields as JSON, without the fields marked ``affects_results=False`` (nor those marked
-    ``FINGERPRINTED_WHEN_SET`` while they are None)."""
+    ``FINGERPRINTED_WHEN_SET`` while they hold their default)."""
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
         extra = field.json_schema_extra
         value = getattr(model, name)
-        if extra == NOT_FINGERPRINTED or (extra == FINGERPRINTED_WHEN_SET and value is None):
+        if extra == NOT_FINGERPRINTED or (extra == FINGERPRINTED_WHEN_SET and value == field.get_default()):
             continue
         out[name] = _result_value(value)
     return out

@@ -238,6 +238,19 @@ class ShadowsConfig(_Section):
         return math.ceil(value * self.n_shadows) if isinstance(value, float) and value <= 1 else int(value)
 
 
+CURVE_ATTACKS = ("lira_online", "lira_offline", "rmia_online", "rmia_offline")
+CurveAttack = Literal["lira_online", "lira_offline", "rmia_online", "rmia_offline"]
+
+
+def _when_set(default: Any, description: str, **limits: Any) -> Any:
+    """A field that enters the fingerprint only when it differs from its default (older fingerprints stay)."""
+    if isinstance(default, list):
+        return Field(
+            default_factory=lambda: list(default), description=description, json_schema_extra=FINGERPRINTED_WHEN_SET
+        )
+    return Field(default, description=description, json_schema_extra=FINGERPRINTED_WHEN_SET, **limits)
+
+
 class EvaluationConfig(_Section):
     """What the aggregate stage derives from the score files (docs/method.md §5–6)."""
 
@@ -254,6 +267,28 @@ class EvaluationConfig(_Section):
     off_the_shelf_layer: int | None = Field(
         None, ge=0, description="layer of the off-the-shelf rule P-SMI < 0 (default: the last computed layer)"
     )
+    ground_truth: Literal["lira", "rmia"] = _when_set(
+        "lira", "attack that defines 'memorized': LiRA (the paper's) or RMIA"
+    )
+    rmia_mode: Literal["online", "offline"] = _when_set(
+        "online", "RMIA's Pr(x): all shadows, or the OUT ones (offline)"
+    )
+    rmia_gamma: float = _when_set(1.0, "RMIA: x dominates z when its likelihood ratio is >= gamma × z's", gt=0)
+    rmia_offline_a: float | Literal["auto"] = _when_set(
+        "auto", "offline RMIA's a in [0, 1], or 'auto': fitted on a pair of shadows (memaudit.metrics.rmia)"
+    )
+    shadow_curve_attacks: list[CurveAttack] = _when_set(list(CURVE_ATTACKS), "attacks of shadow_curve.parquet")
+    shadow_curve_ks: list[int] | None = _when_set(None, "shadow counts of the curve (default 1, 2, 4, … up to all)")
+    shadow_curve_draws: int = _when_set(5, "random shadow subsets per point of the curve", ge=1)
+
+    @model_validator(mode="after")
+    def _rmia_settings(self) -> EvaluationConfig:
+        a = self.rmia_offline_a
+        if a != "auto" and not 0.0 <= a <= 1.0:
+            raise ValueError(f"rmia_offline_a must be 'auto' or lie in [0, 1], got {a}")
+        if self.shadow_curve_ks is not None and (not self.shadow_curve_ks or min(self.shadow_curve_ks) < 1):
+            raise ValueError(f"shadow_curve_ks must be shadow counts >= 1, got {self.shadow_curve_ks}")
+        return self
 
 
 class Toleration(_Section):
@@ -311,6 +346,16 @@ class ExperimentConfig(_Section):
     shadows: ShadowsConfig = Field(default_factory=ShadowsConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _curve_within_population(self) -> ExperimentConfig:
+        others = self.shadows.n_shadows - 1
+        ks = self.evaluation.shadow_curve_ks or []
+        if ks and max(ks) > others:
+            raise ValueError(
+                f"evaluation.shadow_curve_ks {max(ks)} is larger than the {others} shadows besides the target"
+            )
+        return self
 
     def fingerprint(self) -> str:
         """16 hex digits over every setting that changes the shadows' outputs (not evaluation, not run)."""

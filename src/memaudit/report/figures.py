@@ -97,7 +97,7 @@ def lira_histogram_figure(data: AggregateOutputs) -> Figure:
     memorized threshold."""
     s = data.summary
     members = data.samples["member"].to_numpy(dtype=bool)
-    llr = data.samples["lira"].to_numpy(dtype=np.float64)[members]
+    llr = data.samples["ground_truth"].to_numpy(dtype=np.float64)[members]
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     above = llr >= data.memorized_threshold
@@ -116,9 +116,9 @@ def lira_histogram_figure(data: AggregateOutputs) -> Figure:
         ls="--",
         lw=1.2,
         gid="threshold",
-        label=f"threshold: LLR ≥ {data.memorized_threshold:.3g}",
+        label=f"threshold: score ≥ {data.memorized_threshold:.3g}",
     )
-    ax.set(xlabel="LiRA log-likelihood ratio (final checkpoint)", ylabel="target members")
+    ax.set(xlabel=f"{data.summary['ground_truth']['label']} score (final checkpoint)", ylabel="target members")
     ax.set_title(
         f"Memorization of model {s['target']}: {s['n_memorized']} of {s['n_members']} members "
         f"({s['share_memorized']:.1%}) memorized"
@@ -292,9 +292,9 @@ MAX_PANELS = 16
 
 def fpr_by_quantile(data: AggregateOutputs, quantiles: tuple[float, ...] = QUANTILES) -> dict[str, list[float]]:
     """FPR@TPR of each headline predictor on the target's members when "memorized" is the top ``q`` of them by
-    LiRA, for each ``q`` (NaN where a predictor has no finite value)."""
+    the ground truth's score, for each ``q`` (NaN where a predictor has no finite value)."""
     members = data.samples["member"].to_numpy(dtype=bool)
-    llr = data.samples["lira"].to_numpy(dtype=np.float64)[members]
+    llr = data.samples["ground_truth"].to_numpy(dtype=np.float64)[members]
     out: dict[str, list[float]] = {}
     for name in data.headline():
         score = Predictor.parse(name).sign * data.samples[name].to_numpy(dtype=np.float64)[members]
@@ -313,7 +313,11 @@ def quantile_figure(data: AggregateOutputs) -> Figure:
         ax.plot(100 * np.array(QUANTILES), values, "o-", color=_color(name), label=pretty_name(name), gid=name)
     share = data.summary["share_memorized"]
     ax.axvline(100 * share, color="k", ls=":", lw=1.2, gid="this_run", label=f"this run: {share:.1%} memorized")
-    ax.set(xlabel='members called "memorized" (top % by LiRA)', ylabel=f"FPR@TPR={data.tpr_target:g}", ylim=(0, 1.02))
+    ax.set(
+        xlabel='members called "memorized" (top % by the ground truth)',
+        ylabel=f"FPR@TPR={data.tpr_target:g}",
+        ylim=(0, 1.02),
+    )
     ax.set_title(f"Predictors at {_c_pred_text(data)} vs the definition of memorized")
     ax.legend(loc="best")
     return fig
@@ -408,6 +412,39 @@ def counterfactual_figure(data: AggregateOutputs) -> Figure:
     return fig
 
 
+_ATTACK_STYLE = {"lira_online": ("C3", "o-"), "lira_offline": ("C1", "s--"), "rmia_online": ("C0", "^-"),
+                 "rmia_offline": ("C2", "v--")}  # fmt: skip
+
+
+@styled
+def shadow_curve_figure(data: AggregateOutputs) -> Figure:
+    """How many shadows an audit needs: overlap (mean ± std over draws) of each attack's memorized set with k shadows
+    against the all-shadows LiRA-online set, log-scaled k, with what k shadows cost on top when it is known."""
+    curve, facts = data.shadow_curve, data.summary["shadow_curve"]
+    fig = Figure(figsize=(6.6, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    for attack, rows in curve.groupby("attack", sort=False):
+        stats = rows.groupby("k")["overlap"].agg(["mean", "std"]).fillna(0.0)
+        color, style = _ATTACK_STYLE.get(str(attack), ("k", "o-"))
+        bars = ax.errorbar(stats.index.to_numpy(dtype=float), stats["mean"].to_numpy(), yerr=stats["std"].to_numpy(),
+                           fmt=style, color=color, capsize=3, label=attack)  # fmt: skip
+        bars.lines[0].set_gid(str(attack))
+    ax.axhline(facts["goal"], color="k", ls=":", lw=1.0, label=f"{facts['goal']:.0%} overlap")
+    ks = facts["ks"]
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set(xlabel="shadows used (k, besides the target)", ylabel="share of the all-shadows set recovered",
+           ylim=(0, 1.05))  # fmt: skip
+    if data.shadow_cost is not None:
+        device, hours = data.shadow_cost
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(ks, [f"{k * hours:.2g}" for k in ks])
+        top.set_xlabel(f"device-hours on {device}")
+    ax.set_title(f"Shadows needed: overlap with the {facts['reference']}")
+    ax.legend(loc="lower right")
+    return fig
+
+
 FIGURES: dict[str, tuple[Callable[[AggregateOutputs], Figure], str]] = {
     "roc": (
         roc_figure,
@@ -454,6 +491,12 @@ FIGURES: dict[str, tuple[Callable[[AggregateOutputs], Figure], str]] = {
         label_noise_figure,
         "Left: share of members memorized among those trained with their true label, a random label, or a wrong "
         "label (counts on the bars). Right: P-SMI at the best layer of memorized and other members.",
+    ),
+    "shadow_curve": (
+        shadow_curve_figure,
+        "How many shadows the ground truth needs: for k shadows drawn at random (mean ± std over draws), the share of "
+        "the memorized set of LiRA online with every shadow that each attack recovers; above the dotted line the "
+        "set has stopped changing much. The top axis is what k shadows cost, where the run's device is known.",
     ),
     "all_models": (
         all_models_figure,

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pandas as pd
 
+from memaudit.config.settings import CURVE_ATTACKS
 from memaudit.metrics import METRICS, Predictor
 from memaudit.report.outputs import AggregateOutputs, kind_name, pretty_name
 
@@ -29,6 +31,10 @@ PER_LAYER = ("psmi", "mahalanobis")  # evaluated at the best P-SMI layer in the 
 def _enrichment(s: dict[str, Any]) -> float | None:
     noisy, clean = s["enrichment"]["share_memorized_noisy"], s["enrichment"]["share_memorized_clean"]
     return noisy / clean if noisy is not None and clean else None
+
+
+def _smallest_k(summary: dict[str, Any], attack: str) -> int | None:
+    return summary.get("shadow_curve", {}).get("smallest_k", {}).get(attack)  # absent from older summaries
 
 
 FACTS: dict[str, Callable[[dict[str, Any]], float | None]] = {
@@ -44,7 +50,20 @@ FACTS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "noisy_share_memorized": lambda s: s["enrichment"]["share_memorized_noisy"],
     "clean_share_memorized": lambda s: s["enrichment"]["share_memorized_clean"],
     "noisy_enrichment": _enrichment,  # share memorized among random-label members / among true-label members
+    **{f"k90_{attack}": partial(_smallest_k, attack=attack) for attack in CURVE_ATTACKS},  # shadows for 0.9 overlap
 }
+
+
+def _truth(summary: dict[str, Any]) -> str:
+    """The ground truth in words (summaries before the ground-truth switch name only the LiRA mode)."""
+    return summary["ground_truth"]["label"] if "ground_truth" in summary else f"LiRA {summary['lira_mode']}"
+
+
+def curve_line(summary: dict[str, Any]) -> str:
+    """The shadows each attack needs to recover the all-shadows LiRA set, in words."""
+    curve = summary["shadow_curve"]
+    needs = ", ".join(f"{a} {'>' + str(max(curve['ks'])) if k is None else k}" for a, k in curve["smallest_k"].items())
+    return f"Shadows needed for {curve['goal']:.0%} overlap with the {curve['reference']}: {needs}."
 
 
 def fpr_key(kind: str, all_models: bool = False) -> str:
@@ -145,10 +164,12 @@ def headline_markdown(summary: dict[str, Any], title: str = "") -> str:
         f"best {kind_name('psmi')} layer {summary['best_layer']['layer']}; "
         f"off the shelf ({kind_name('psmi')} < 0, layer {ots['layer']}): FPR {ots['fpr']:.4f}, TPR {ots['tpr']:.4f}.",
         f"Memorized: {summary['n_memorized']} of {summary['n_members']} target members "
-        f"({summary['share_memorized']:.1%}) by LiRA ({summary['lira_mode']}) over {summary['n_shadows_used']} "
+        f"({summary['share_memorized']:.1%}) by {_truth(summary)} over {summary['n_shadows_used']} "
         f"shadows; random-label members are {'n/a' if enrich is None else f'{enrich:.2f}×'} as often memorized as "
         "true-label ones.",
     ]
+    if "shadow_curve" in summary:
+        lines.append(curve_line(summary))
     return "\n".join(lines) + "\n"
 
 

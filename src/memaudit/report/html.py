@@ -8,6 +8,7 @@ inside KFP's sandboxed iframe and as an MLflow artifact. Same inputs → byte-id
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
 from pathlib import Path
@@ -198,7 +199,15 @@ def _facts(cfg: ExperimentConfig, data: AggregateOutputs) -> list[tuple[str, str
         ("target model", str(s["target"])),
         ("shadow models (besides the target)", str(s["n_shadows_used"])),
         ("missing shadows (failed, left out)", ", ".join(map(str, s.get("missing_shadows", []))) or "none"),
-        ("LiRA", f"{s['lira_mode']}; memorized rule {s['memorized_rule']} (LLR ≥ {data.memorized_threshold:.4g})"),
+        (
+            "ground truth",
+            f"{s['ground_truth']['label']}; memorized rule {s['memorized_rule']} "
+            f"(score ≥ {data.memorized_threshold:.4g})",
+        ),
+        (
+            "shadows for 90% of the set",
+            ", ".join(f"{a} {k or 'more than all'}" for a, k in s["shadow_curve"]["smallest_k"].items()),
+        ),
         ("prediction checkpoint c_pred", f"step {c['step']}, epoch {c['epoch']:g} ({c['rule']})"),
         ("best P-SMI layer", f"{best['layer']} (FPR@TPR={data.tpr_target:g}: {_fraction(best['fpr_at_tpr'])})"),
         ("memorized", f"{s['n_memorized']} of {s['n_members']} target members ({s['share_memorized']:.1%})"),
@@ -248,9 +257,15 @@ def build_html(cfg: ExperimentConfig, data: AggregateOutputs, figures: dict[str,
     )
 
 
-def render_report(cfg: ExperimentConfig, aggregate_dir: str | Path, output_dir: str | Path) -> dict[str, Path]:
-    """Render every figure and ``report.html`` from the aggregate outputs; returns {"html": path, <figure>: path}."""
-    data = load_aggregate(cfg, aggregate_dir)
+def render_report(
+    cfg: ExperimentConfig,
+    aggregate_dir: str | Path,
+    output_dir: str | Path,
+    shadow_cost: tuple[str, float] | None = None,
+) -> dict[str, Path]:
+    """Render every figure and ``report.html`` from the aggregate outputs; returns {"html": path, <figure>: path}.
+    ``shadow_cost``: (device, device-hours of one shadow), the shadow curve's top axis."""
+    data = dataclasses.replace(load_aggregate(cfg, aggregate_dir), shadow_cost=shadow_cost)
     rendered = {name: (png_bytes(make(data)), caption) for name, (make, caption) in FIGURES.items()}
     page = build_html(cfg, data, rendered).encode("utf-8")
     out = Path(output_dir)

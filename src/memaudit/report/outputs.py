@@ -2,7 +2,8 @@
 
 One aggregate output folder holds ``summary.json`` (the headline numbers), ``samples.parquet`` (one row per train-pool
 sample, with its prompt and trained label), ``roc.parquet`` (the target's ROC curves), ``timeline.parquet`` (every
-predictor at every checkpoint) and ``dynamics.parquet`` (every target member at every checkpoint);
+predictor at every checkpoint), ``dynamics.parquet`` (every target member at every checkpoint) and
+``shadow_curve.parquet`` (the memorized set recovered with fewer shadows, per attack);
 :mod:`memaudit.stages.aggregate` writes them. :func:`load_aggregate` checks them on load (present, readable, the
 expected keys and columns, consistent with each other and with the config's evaluation fingerprint); any problem is
 a :class:`MemauditError` that names the file and says to re-run the aggregate stage. :func:`format_summary` is the
@@ -29,6 +30,7 @@ SAMPLES = "samples.parquet"
 ROC = "roc.parquet"
 TIMELINE = "timeline.parquet"
 DYNAMICS = "dynamics.parquet"
+SHADOW_CURVE = "shadow_curve.parquet"
 _DISPLAY = {
     "psmi": "P-SMI",
     "mahalanobis": "Mahalanobis",
@@ -36,6 +38,7 @@ _DISPLAY = {
     "logit_gap": "Logit gap",
     "early_lira": "Early LiRA",
 }
+OUTPUT_FILES = (SUMMARY, SAMPLES, ROC, TIMELINE, DYNAMICS, SHADOW_CURVE)  # what one aggregate writes
 _FIX = "re-run the aggregate stage (memaudit stage aggregate) into that folder"
 _SUMMARY_KEYS = (
     "fingerprint",
@@ -47,6 +50,8 @@ _SUMMARY_KEYS = (
     "share_memorized",
     "memorized_rule",
     "lira_mode",
+    "ground_truth",
+    "shadow_curve",
     "enrichment",
     "c_pred",
     "best_layer",
@@ -61,6 +66,7 @@ _COLUMNS = {
         "label",
         "member",
         "lira",
+        "ground_truth",
         "memorized",
         "label_randomized",
         "label_wrong",
@@ -71,20 +77,23 @@ _COLUMNS = {
     ROC: ("predictor", "fpr", "tpr", "threshold"),
     TIMELINE: ("checkpoint", "epoch", "median_member_loss", "median_test_loss", "predictor", "fpr_at_tpr"),
     DYNAMICS: ("checkpoint", "epoch", "sample", "lira", "loss", "psmi"),
+    SHADOW_CURVE: ("attack", "k", "draw", "overlap", "spearman", "psmi_fpr_at_tpr", "undefined_share"),
 }
 
 
 @dataclass(frozen=True)
 class AggregateOutputs:
-    """The aggregate stage's five outputs, checked, plus the memorized threshold of the config's rule."""
+    """The aggregate stage's six outputs, checked, plus the memorized threshold of the config's rule."""
 
     summary: dict[str, Any]
     samples: pd.DataFrame
     roc: pd.DataFrame
     timeline: pd.DataFrame
     dynamics: pd.DataFrame
+    shadow_curve: pd.DataFrame
     memorized_threshold: float
     c_pred_level: float | None  # median member loss under which c_pred is chosen (None when c_pred was forced)
+    shadow_cost: tuple[str, float] | None = None  # (device, device-hours of one shadow) for the shadow curve
 
     @property
     def tpr_target(self) -> float:
@@ -151,10 +160,10 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 
 def _threshold(cfg: ExperimentConfig, samples: pd.DataFrame, where: Path) -> float:
-    """The LiRA value from which a target member counts as memorized, by the config's rule, checked against the
-    stored flags."""
+    """The ground-truth score from which a target member counts as memorized, by the config's rule, checked against
+    the stored flags."""
     members = samples["member"].to_numpy(dtype=bool)
-    llr = samples["lira"].to_numpy(dtype=np.float64)[members]
+    llr = samples["ground_truth"].to_numpy(dtype=np.float64)[members]
     ev = cfg.evaluation
     value = memorized_threshold(
         llr, rule=ev.memorized_rule, fraction=ev.memorized_fraction, threshold=ev.memorized_threshold
@@ -176,7 +185,7 @@ def load_aggregate(cfg: ExperimentConfig, aggregate_dir: str | Path) -> Aggregat
             f"the config gives {cfg.evaluation_fingerprint()}",
             "pass the run's config, or " + _FIX,
         )
-    samples, curves, timeline, dynamics = (_read_table(folder / name) for name in _COLUMNS)
+    samples, curves, timeline, dynamics, shadow_curve = (_read_table(folder / name) for name in _COLUMNS)
     members, flags = samples["member"].to_numpy(dtype=bool), samples["memorized"].to_numpy(dtype=bool)
     if int(members.sum()) != summary["n_members"] or int(flags.sum()) != summary["n_memorized"]:
         raise MemauditError(f"{folder}'s samples.parquet and summary.json come from different runs", _FIX)
@@ -191,7 +200,7 @@ def load_aggregate(cfg: ExperimentConfig, aggregate_dir: str | Path) -> Aggregat
     level = None if c["rule"] == "forced" else cfg.evaluation.c_pred_loss_ratio * c["median_member_loss"][0]
     if not set(dynamics["sample"]) == set(np.flatnonzero(members)):
         raise MemauditError(f"{folder / DYNAMICS} and samples.parquet come from different runs", _FIX)
-    return AggregateOutputs(summary, samples, curves, timeline, dynamics, threshold, level)
+    return AggregateOutputs(summary, samples, curves, timeline, dynamics, shadow_curve, threshold, level)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -213,7 +222,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"c_pred: step {c['step']} (epoch {c['epoch']:g}, {c['rule']}); best P-SMI layer {best['layer']}",
         f"off-the-shelf (layer {ots['layer']}, P-SMI < 0): FPR {ots['fpr']:.4f}, TPR {ots['tpr']:.4f}",
         f"memorized: {summary['n_memorized']} of {summary['n_members']} target members "
-        f"({summary['share_memorized']:.1%}), {summary['n_shadows_used']} shadows, LiRA {summary['lira_mode']}"
+        f"({summary['share_memorized']:.1%}), {summary['n_shadows_used']} shadows, {summary['ground_truth']['label']}"
         + (f"; missing shadows {summary['missing_shadows']}" if summary.get("missing_shadows") else ""),
     ]
     return "\n".join(lines)

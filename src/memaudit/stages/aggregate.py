@@ -54,8 +54,15 @@ from memaudit.metrics import (
     psmi_slope,
     roc,
 )
-from memaudit.report.outputs import DYNAMICS, ROC, SAMPLES, SUMMARY, TIMELINE
+from memaudit.report.outputs import DYNAMICS, ROC, SAMPLES, SHADOW_CURVE, SUMMARY, TIMELINE
 from memaudit.stages.population import Population, read_population, stored_values
+from memaudit.stages.shadow_curve import (
+    attack_scores,
+    curve_inputs,
+    ground_truth_label,
+    resolve_offline_a,
+    shadow_curve,
+)
 from memaudit.store.atomic import atomic_path, write_bytes
 
 _FIX = "check the score files (a diverged shadow gives NaN logits or losses) and re-run the score stage for them"
@@ -90,12 +97,27 @@ def _memorized_flags(cfg: ExperimentConfig, llr: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _GroundTruth:
-    """LiRA of the target and, leave-one-out, of every model at the final checkpoint and at c_pred."""
+    """The target's scores by the chosen attack (and by LiRA), every model's leave-one-out, and the flags."""
 
     target_lira: np.ndarray  # [N]
-    loo: np.ndarray  # [M, N]
-    early: np.ndarray  # [M, N]: each model at c_pred against the others at their final checkpoint
+    target_score: np.ndarray  # [N]: the chosen attack's (evaluation.ground_truth)
+    loo: np.ndarray  # [M, N]: the chosen attack, each model as the target against the others
+    early: np.ndarray  # [M, N]: each model's LiRA at c_pred against the others at their final checkpoint
     flags: np.ndarray  # the target's members: memorized or not
+    label: str  # the chosen ground truth in words
+    offline_a: float | None  # offline RMIA's a (fitted or set) when an attack uses it
+
+
+def _uses_offline_rmia(cfg: ExperimentConfig) -> bool:
+    ev = cfg.evaluation
+    return (ev.ground_truth, ev.rmia_mode) == ("rmia", "offline") or "rmia_offline" in ev.shadow_curve_attacks
+
+
+def _rmia_truth(cfg: ExperimentConfig, pop: Population, offline_a: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The target's RMIA scores and every model's against the others (``evaluation.rmia_mode``)."""
+    attack, rows = f"rmia_{cfg.evaluation.rmia_mode}", np.arange(len(pop.ids))
+    loo = np.stack([attack_scores(cfg, pop, attack, m, np.delete(rows, m), offline_a) for m in rows])
+    return loo[0], loo
 
 
 def _ground_truth(cfg: ExperimentConfig, pop: Population) -> _GroundTruth:
@@ -106,13 +128,17 @@ def _ground_truth(cfg: ExperimentConfig, pop: Population) -> _GroundTruth:
         loo_job = pool.submit(lira_loo, final, member, **kwargs)
         early_job = pool.submit(lira_loo, final, member, target_stats=pop.early_gap, **kwargs)
         loo, early = loo_job.result(), early_job.result()
-    flags = _memorized_flags(cfg, target_lira[member[0]])
+    offline_a = resolve_offline_a(cfg, pop) if _uses_offline_rmia(cfg) else None
+    score = target_lira
+    if ev.ground_truth == "rmia":
+        score, loo = _rmia_truth(cfg, pop, offline_a)
+    flags = _memorized_flags(cfg, score[member[0]])
     if flags.all() or not flags.any():
         raise MemauditError(
             f"the rule {ev.memorized_rule!r} marks {int(flags.sum())} of {flags.size} target members memorized",
             "change evaluation.memorized_threshold / memorized_fraction",
         )
-    return _GroundTruth(target_lira, loo, early, flags)
+    return _GroundTruth(target_lira, score, loo, early, flags, ground_truth_label(cfg, offline_a), offline_a)
 
 
 def _per_model(cfg: ExperimentConfig, pop: Population, truth: _GroundTruth) -> dict[str, Any]:
@@ -229,6 +255,7 @@ def _samples(
     mem_all = np.zeros_like(members)
     mem_all[members] = truth.flags
     samples["member"], samples["lira"], samples["memorized"] = members, truth.target_lira, mem_all
+    samples["ground_truth"] = truth.target_score
     for name, v in zip(predictor_names(list(pop.layers), pop.with_mahalanobis), values, strict=True):
         samples[name] = v
     slope = psmi_slope(t["psmi"][[0, pop.c_pred]])[1]  # P-SMI(c_pred) − P-SMI(checkpoint 0), members only
@@ -288,12 +315,13 @@ def _summary(cfg: ExperimentConfig, pop: Population, truth: _GroundTruth, sample
         "n_shadows_used": len(pop.ids) - 1,
         "shadow_ids": pop.ids,
         "lira_mode": ev.lira_mode,
+        "ground_truth": {"attack": ev.ground_truth, "mode": _mode(cfg), "label": truth.label},
         "memorized_rule": ev.memorized_rule,
         "n_samples": int(members.size),
         "n_members": int(members.sum()),
         "n_memorized": int(truth.flags.sum()),
         "share_memorized": float(truth.flags.mean()),
-        "memorized_min_lira": float(truth.target_lira[members][truth.flags].min()),
+        "memorized_min_score": float(truth.target_score[members][truth.flags].min()),
         "enrichment": _enrichment(
             truth.flags, samples["label_randomized"].to_numpy()[members], samples["label_wrong"].to_numpy()[members]
         ),
@@ -311,6 +339,21 @@ def _summary(cfg: ExperimentConfig, pop: Population, truth: _GroundTruth, sample
             for name in numbers
         },
     }
+
+
+def _mode(cfg: ExperimentConfig) -> str:
+    ev = cfg.evaluation
+    return ev.lira_mode if ev.ground_truth == "lira" else ev.rmia_mode
+
+
+def _shadow_curve(cfg: ExperimentConfig, pop: Population, truth: _GroundTruth, best: str, values):
+    """shadow_curve.parquet and its summary facts, against the all-shadows LiRA online."""
+    others = np.arange(1, len(pop.ids))
+    reference = attack_scores(cfg, pop, "lira_online", 0, others, truth.offline_a or 0.0)
+    flags = _memorized_flags(cfg, reference[pop.member[0]])
+    names = predictor_names(list(pop.layers), pop.with_mahalanobis)
+    inputs = curve_inputs(pop, reference, flags, best, values[names.index(best)])
+    return shadow_curve(cfg, pop, inputs, truth.offline_a or 0.0)
 
 
 def _write_outputs(out: Path, frames: dict[str, pd.DataFrame], summary: dict[str, Any]) -> None:
@@ -356,8 +399,9 @@ def aggregate(
         gaps, early = _target_by_checkpoint(cfg, pop)
         timeline = _timeline(cfg, pop, truth.flags, gaps, early)
         dynamics = _dynamics(pop, early, summary["best_layer"]["layer"])
+        curve, summary["shadow_curve"] = _shadow_curve(cfg, pop, truth, summary["best_layer"]["predictor"], values)
     except ValueError as exc:  # the metrics refuse arrays they cannot score
         raise MemauditError(f"aggregate: {exc}", _FIX) from None
-    frames = {SAMPLES: samples, ROC: curves, TIMELINE: timeline, DYNAMICS: dynamics}
+    frames = {SAMPLES: samples, ROC: curves, TIMELINE: timeline, DYNAMICS: dynamics, SHADOW_CURVE: curve}
     _write_outputs(Path(output_dir), frames, summary)
     return summary

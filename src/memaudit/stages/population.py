@@ -2,7 +2,8 @@
 
 The target's file is read whole; of the others only the c_pred and final checkpoints (:func:`read_score_rows`).
 What is kept is, per model, the final and c_pred logit gaps and the raw stored predictor values at c_pred
-(float32), plus the target's arrays: about 4·S·N·(2L + 7) bytes.
+(float32), and the final probability of the labelled option (RMIA), plus the target's arrays: about
+4·S·N·(2L + 9) bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from memaudit.config import ExperimentConfig
 from memaudit.errors import MemauditError
-from memaudit.metrics import logit_gap, prediction_checkpoint
+from memaudit.metrics import logit_gap, option_probability, prediction_checkpoint
 from memaudit.stages.scorefile import PER_CHECKPOINT, read_score_rows, read_scores, shadow_id
 
 _SAME_IN_EVERY_FILE = ("global_index", "label_index", "checkpoints", "layers")
@@ -35,6 +36,7 @@ class Population:
     with_mahalanobis: bool
     member: np.ndarray  # bool [M, N]
     final_gap: np.ndarray  # float64 [M, N]
+    final_p: np.ndarray  # float64 [M, N]: probability of the labelled option at the final checkpoint (RMIA)
     early_gap: np.ndarray  # float64 [M, N], at c_pred
     stored: np.ndarray  # float32 [M, P_stored, N]: see stored_values
 
@@ -107,6 +109,7 @@ def _empty(cfg: ExperimentConfig, target_path: Path, ids: list[int]) -> Populati
         with_mahalanobis=with_maha,
         member=np.zeros((n_models, n), dtype=bool),
         final_gap=np.zeros((n_models, n)),
+        final_p=np.zeros((n_models, n)),
         early_gap=np.zeros((n_models, n)),
         stored=np.zeros((n_models, n_stored, n), dtype=np.float32),
     )
@@ -128,6 +131,7 @@ def read_population(cfg: ExperimentConfig, paths: list[Path], progress: bool) ->
             _check_same(name, arrays[name], target[name], paths[k])
         gaps = logit_gap(arrays["option_logits"], np.broadcast_to(arrays["label_index"], (2, n)))
         pop.early_gap[row], pop.final_gap[row] = gaps
+        pop.final_p[row] = option_probability(arrays["option_logits"][1], arrays["label_index"])
         pop.member[row] = arrays["member"]
         pop.stored[row] = stored_values(arrays, 0, pop.with_mahalanobis)
 

@@ -39,7 +39,7 @@ _RESUME_INFO = "state.json"
 _FINGERPRINT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]*$")
 _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
-OUTPUTS_FORMAT = 2  # of the aggregate's and the report's files: bump when they change (older ones are not reused)
+OUTPUTS_FORMAT = 3  # of the aggregate's and the report's files: bump when they change (older ones are not reused)
 
 
 def _check_fingerprint(value: str, what: str) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from memaudit import tracking
+from memaudit.config import ExperimentConfig
+from memaudit.errors import MemauditError
 from memaudit.store import download_uri
 from memaudit.tasks.runtime import task, track_quietly, tracking_uri, work_dir
 from memaudit.tasks.warm import forked
@@ -25,6 +28,18 @@ def _log_audit(cfg, parent_run_id: str, aggregate_dir: Path, artifacts: list[Pat
         metrics=headline_metrics(data.summary), series=headline_series(data), description=markdown,
         tables={PREDICTOR_TABLE: predictor_table(data.summary)},
     )  # fmt: skip
+
+
+def shadow_cost(cfg: ExperimentConfig) -> tuple[str, float] | None:
+    """(device, device-hours of one shadow) for the shadow curve: a GPU (h100) in a cluster pod, else this machine's
+    CPU; None when the cost model does not know the model or the dataset."""
+    from memaudit.cost.estimate import estimate
+
+    try:
+        cost = estimate(cfg, "h100" if os.environ.get("KFP_POD_NAME") else "cpu")
+    except MemauditError:
+        return None
+    return f"{cost.device.name} ({cost.source.split(':')[0]})", cost.device_hours / cfg.shadows.n_shadows
 
 
 @forked
@@ -48,7 +63,8 @@ def plot_task(
         population = t.layout.population(t.cfg.evaluation_fingerprint(), summary.get("missing_shadows", []))
         prefix = t.layout.report(population)
         download_uri(aggregate_uri, work / "aggregate")
-        if t.reuse_or_build_dir(prefix, work / "report", lambda out: render_report(t.cfg, work / "aggregate", out)):
+        build = lambda out: render_report(t.cfg, work / "aggregate", out, shadow_cost(t.cfg))  # noqa: E731
+        if t.reuse_or_build_dir(prefix, work / "report", build):
             t.skipped()
         shutil.copyfile(work / "report" / REPORT, html_path)
         markdown = headline_markdown(summary, f"memaudit audit: {t.cfg.dataset.name} / {t.cfg.model.name}")
