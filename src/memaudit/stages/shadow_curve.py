@@ -102,25 +102,25 @@ def _row(cfg, pop: Population, inputs: CurveInputs, attack: str, refs: np.ndarra
     }
 
 
+def _draw(others: int, k: int, draw: int) -> np.ndarray:
+    """Population rows (1 … others) of the ``draw``-th random subset of ``k`` shadows, sorted."""
+    return np.sort(np.random.default_rng([CURVE_SEED, k, draw]).choice(others, k, replace=False) + 1)
+
+
 def shadow_curve(cfg: ExperimentConfig, pop: Population, inputs: CurveInputs, offline_a: float):
     """shadow_curve.parquet's rows (attack, k, draw, overlap, spearman, psmi_fpr_at_tpr, undefined_share) and the
     summary's facts about them."""
     ev, others = cfg.evaluation, len(pop.ids) - 1
     ks = sorted({k for k in (ev.shadow_curve_ks or default_ks(others)) if k <= others})
     rows, skipped = [], []
-    for k in ks:
-        draws = [
-            np.random.default_rng([CURVE_SEED, k, d]).choice(others, k, replace=False) + 1
-            for d in range(ev.shadow_curve_draws)
-        ]
-        for attack in ev.shadow_curve_attacks:
+    draws = {k: [_draw(others, k, d) for d in range(ev.shadow_curve_draws)] for k in ks}
+    for attack in ev.shadow_curve_attacks:
+        for k in ks:
             if attack == "lira_online" and k < 2:
                 skipped.append(f"{attack} at k={k}: an online attack needs an IN and an OUT model of each sample")
                 continue
-            for d, refs in enumerate(draws):
-                rows.append(
-                    {"attack": attack, "k": k, "draw": d, **_row(cfg, pop, inputs, attack, np.sort(refs), offline_a)}
-                )
+            for d, refs in enumerate(draws[k]):
+                rows.append({"attack": attack, "k": k, "draw": d, **_row(cfg, pop, inputs, attack, refs, offline_a)})
     frame = pd.DataFrame(
         rows, columns=["attack", "k", "draw", "overlap", "spearman", "psmi_fpr_at_tpr", "undefined_share"]
     )
