@@ -264,6 +264,18 @@ def test_directory_round_trip(store, tmp_path):
         store.get_dir("fp/absent", tmp_path / "none")
 
 
+def test_a_listed_key_that_escapes_its_folder_is_refused_before_anything_is_written(store, tmp_path, monkeypatch):
+    src = tmp_path / "adapter"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "weights.bin").write_bytes(b"w")
+    store.put_dir("fp/model", src)
+    listed = store.list_keys("fp/model")
+    monkeypatch.setattr(store, "list_keys", lambda prefix: [*listed, "fp/model/../../outside"])  # a hostile listing
+    with pytest.raises(MemauditError, match="invalid object-store key 'fp/model/../../outside'"):
+        store.get_dir("fp/model", tmp_path / "back", verify=False)
+    assert not (tmp_path / "back").exists() and not (tmp_path / "outside").exists()
+
+
 def test_layout_keys_follow_design_section_5():
     layout = RunLayout("0123abcd0123abcd")
     assert layout.pool == "0123abcd0123abcd/pool.parquet"

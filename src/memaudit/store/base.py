@@ -212,7 +212,7 @@ class ObjectStore(abc.ABC):
     def get_dir(self, prefix: str, local_dir: str | Path, *, verify: bool = True) -> list[Path]:
         """Download every file under ``prefix`` (markers excluded) into ``local_dir``; returns the local paths."""
         prefix, local_dir = check_prefix(prefix), Path(local_dir)
-        keys = [k for k in self.list_keys(prefix) if k.rsplit("/", 1)[-1] != MARKER]
+        keys = [check_key(k) for k in self.list_keys(prefix) if k.rsplit("/", 1)[-1] != MARKER]  # all, before any write
         if not keys:
             raise MemauditError(f"nothing stored under {self.uri(prefix)}", "run the task that writes it first")
         manifest = self._load_marker(prefix) if verify else None
