@@ -1,5 +1,6 @@
 import base64
 import dataclasses
+import hashlib
 import io
 import json
 import shutil
@@ -138,8 +139,26 @@ def test_html_is_self_contained_and_embeds_every_figure(rendered):
         assert tag not in ("link", "iframe", "object", "embed")
         for key in ("src", "href", "srcset", "action"):
             assert key not in attrs or attrs[key].startswith("data:"), (tag, attrs)
-    text = paths["html"].read_text()
+    text = paths["html"].read_text().replace('http-equiv="Content-Security-Policy"', "")
     assert "url(" not in text and "@import" not in text and "http" not in text
+
+
+def test_the_content_security_policy_admits_only_the_pages_own_script_and_stylesheet(rendered):
+    paths, _ = rendered
+    text = paths["html"].read_text()
+    (policy,) = [
+        a["content"] for t, a in _parse(paths["html"]).tags if a.get("http-equiv") == "Content-Security-Policy"
+    ]
+    rules = dict(rule.strip().split(" ", 1) for rule in policy.split(";"))
+
+    def digest(inline: str) -> str:
+        return "'sha256-" + base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode() + "'"
+
+    script = text.split("<script>", 1)[1].split("</script>", 1)[0]
+    style = text.split("<style>", 1)[1].split("</style>", 1)[0]
+    assert rules["script-src"] == digest(script) and rules["style-src"] == digest(style)
+    assert rules["default-src"] == "'none'" and rules["img-src"] == "data:" and rules["base-uri"] == "'none'"
+    assert text.count("<script>") == 1 and " style=" not in text and " on" + "click=" not in text
 
 
 def test_every_figure_file_decodes_and_matches_a_fresh_rendering(rendered):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import html
 import math
 from pathlib import Path
@@ -64,10 +65,22 @@ _AT_RISK_SCRIPT = """
   });
 })();
 """
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+# nothing loads from anywhere; only this page's own stylesheet and at-risk script run (by hash), images are inline
+CONTENT_SECURITY_POLICY = (
+    f"default-src 'none'; img-src data:; style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_AT_RISK_SCRIPT)}; "
+    "base-uri 'none'; form-action 'none'"
+)
 EXCERPT = 100  # characters of a prompt shown in the at-risk table (the whole prompt on hover)
 
 _HOW_TO_READ = (
-    "Each training sample of the target model gets a memorization score: LiRA compares the target's confidence on "
+    "Each training sample of the target model gets a memorization score: the ground truth's attack (LiRA, or RMIA "
+    "when chosen) compares the target's confidence on "
     "the sample with the confidences of shadow models that did or did not train on it. Training samples whose "
     "score passes the memorized threshold ({rule}) count as memorized: the ground truth. The predictors try to tell, "
     "early in training (at checkpoint c_pred), which samples will end up memorized; P-SMI needs only the target's "
@@ -243,6 +256,7 @@ def build_html(cfg: ExperimentConfig, data: AggregateOutputs, figures: dict[str,
     title = f"memaudit report: {cfg.dataset.name} / {cfg.model.name}"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         '<p class="note">Memorization audit after Dentan et al., "Predicting and analysing memorization within '
