@@ -23,6 +23,7 @@ from memaudit.config import ExperimentConfig
 PIPELINE_NAME = "memaudit-audit"
 S3_SECRET_KEYS = ("MEMAUDIT_S3_ACCESS_KEY", "MEMAUDIT_S3_SECRET_KEY")
 HF_CACHE = "/cache/huggingface"  # HF_HOME of both runtime images (images/*/Dockerfile)
+RUN_AS = 10001  # uid and gid of the images' memaudit user (images/*/Dockerfile)
 ENV_CONFIG_KEYS = ("MEMAUDIT_S3_ENDPOINT", "MEMAUDIT_S3_BUCKET", "MEMAUDIT_S3_SECURE", "MLFLOW_TRACKING_URI")
 
 
@@ -33,12 +34,18 @@ def model_cache_size(model_name: str) -> str:
 
 
 def common_settings(task: dsl.PipelineTask, cfg: ExperimentConfig, name: str, *, gpu: bool) -> None:
-    """Resources, credentials and endpoints every task gets; GPU scheduling for the GPU stages."""
+    """Resources and limits, a deadline, a non-root security context, credentials and endpoints every task gets;
+    GPU scheduling for the GPU stages."""
     run = cfg.run
     resources = run.gpu_resources if gpu else run.cpu_resources
     task.set_display_name(name)
     task.set_caching_options(enable_caching=False)  # the object store decides what to skip, not the KFP cache
     task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
+    task.set_cpu_limit(resources.cpu_limit or resources.cpu).set_memory_limit(
+        resources.memory_limit or resources.memory
+    )
+    kubernetes.set_timeout(task, run.timeout_s)
+    kubernetes.set_security_context(task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True)
     kubernetes.use_secret_as_env(task, run.s3_secret, {key: key for key in S3_SECRET_KEYS})
     kubernetes.use_config_map_as_env(task, run.env_config_map, {key: key for key in ENV_CONFIG_KEYS}, optional=True)
     if not gpu:

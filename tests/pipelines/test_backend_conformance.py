@@ -115,6 +115,20 @@ def test_gpu_tasks_are_scheduled_on_gpus(compiled):
         assert platform[name].get("tolerations")
 
 
+def test_every_task_runs_restricted_with_limits_and_a_deadline(compiled):
+    spec, platform = compiled
+    run = load_config(preset="arc-mistral").run
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        resources, pod = executor["container"]["resources"], platform[name]
+        # Pod Security "restricted": runAsNonRoot with a fixed non-root uid and gid (the images' USER 10001)
+        assert pod["securityContext"] == {"runAsUser": "10001", "runAsGroup": "10001", "runAsNonRoot": True}, name
+        # LimitRange / quota review: every container has CPU and memory limits, not only requests
+        assert resources["resourceCpuLimit"] and resources["resourceMemoryLimit"], name
+        assert resources["resourceCpuLimit"] == resources["resourceCpuRequest"], name  # limit defaults to request
+        # a hung task ends (activeDeadlineSeconds = run.timeout_s) and frees its node, GPU included
+        assert int(pod["activeDeadlineSeconds"]) == run.timeout_s, name
+
+
 def test_secrets_reach_tasks_as_env_never_as_parameters(compiled):
     # backend/src/v2/driver: parameters are stored in MLMD and shown in the UI; secrets go through secretAsEnv
     spec, platform = compiled

@@ -299,8 +299,12 @@ class Toleration(_Section):
 
 
 class ResourceRequest(_Section):
+    """Requests and limits of a task's container (a limit left unset is its request)."""
+
     cpu: str = "2"
     memory: str = "8Gi"
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
 
 
 class RunConfig(_Section):
@@ -328,6 +332,9 @@ class RunConfig(_Section):
         "", description="size of each GPU pod's own HF cache volume when no model_cache_pvc ('' = from the model size)"
     )
     experiment: str = Field("memaudit", description="MLflow experiment name")
+    timeout_s: int = Field(
+        43200, gt=0, description="each task's deadline (activeDeadlineSeconds): a hung shadow frees its GPU"
+    )
     warm_worker: bool = Field(
         True, description="memaudit run: fork tasks from one process with torch and the libraries already imported"
     )
