@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KFP_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (Executing task|Task) '(\w+)'(?: finished with status (\w+))?")
+KFP_LINE = re.compile(r"(\d\d:\d\d:\d\d\.\d+) - INFO - (Executing task|Task) '(\w+)'(?: finished with status (\w+))?")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RUNS = {
     "first": ("new cache folder: the tiny base model is pre-trained", []),
@@ -44,16 +44,24 @@ RUNS = {
 
 def kfp_spans(log: Path) -> tuple[dict[str, float], float]:
     """Per task name, the summed seconds kfp.local spent on its tasks; and the span from the first task's start
-    to the last one's end."""
+    to the last one's end. kfp.local sometimes logs no "finished" line for the last iteration of a loop: such a task
+    ends when the next task of another name starts (the stage after the loop)."""
     starts: dict[str, list[float]] = {}
     ends: dict[str, list[float]] = {}
-    for line in log.read_text(errors="replace").splitlines():
-        match = KFP_LINE.match(ANSI.sub("", line))
-        if not match or (match[2] == "Task" and not match[4]):
+    order: list[tuple[float, str]] = []
+    for match in KFP_LINE.finditer(ANSI.sub("", log.read_text(errors="replace"))):  # lines of parallel tasks interleave
+        if match[2] == "Task" and not match[4]:
             continue
         clock = dt.datetime.strptime(match[1], "%H:%M:%S.%f")
         seconds = clock.hour * 3600 + clock.minute * 60 + clock.second + clock.microsecond / 1e6
         (starts if match[2] == "Executing task" else ends).setdefault(match[3], []).append(seconds)
+        if match[2] == "Executing task":
+            order.append((seconds, match[3]))
+    for name, times in starts.items():
+        missing = len(times) - len(ends.get(name, []))
+        after = [t for t, other in order if other != name and t > max(times)]
+        if missing and after:
+            ends.setdefault(name, []).extend([min(after)] * missing)
     spans = {name: sum(ends.get(name, [])) - sum(times) for name, times in starts.items()}
     first = min(t for times in starts.values() for t in times)
     last = max(t for times in ends.values() for t in times)

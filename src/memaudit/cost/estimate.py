@@ -48,9 +48,9 @@ DEVICES = {
     "cpu": Device(
         "2 CPU cores", 4 * 134_515_008 * 106, 2 * 134_515_008 * 48 * 94 / 14.7,
         "measured: benchmarks/gpu.py on 2 CPU cores (SmolLM2-135M), scaled by parameters",
-        # make demo on 2 cores, one process per task: 16 fine-tunes of 7,462 samples in 468.7 s of task time,
-        # 16 scorings of 19 checkpoints × 1,200 rows in 269.0 s
-        {TINY_MODEL: (16 * 7462 / 468.7, 16 * 19 * 1200 / 269.0, "measured: make demo on 2 CPU cores")},
+        # benchmarks/demo_profile.py, second run (warm worker, 2 tasks at once on 2 cores): 16 fine-tunes of 7,462
+        # samples in 368.3 s of kfp task time, 16 scorings of 19 checkpoints × 1,200 rows in 212.5 s
+        {TINY_MODEL: (16 * 7462 / 368.3, 16 * 19 * 1200 / 212.5, "measured: make demo on 2 CPU cores")},
     ),
 }  # fmt: skip
 
