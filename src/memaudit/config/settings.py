@@ -324,6 +324,10 @@ class RunConfig(_Section):
         "memaudit-env", description="ConfigMap with MEMAUDIT_S3_ENDPOINT/BUCKET/SECURE and MLFLOW_TRACKING_URI"
     )
     hf_token_secret: str = Field("memaudit-hf", description="optional Secret with HF_TOKEN (gated models)")
+    tracking_secret: str = Field(
+        "memaudit-mlflow-auth",
+        description="optional Secret with MLFLOW_TRACKING_USERNAME/PASSWORD (or _TOKEN): the tasks' MLflow login",
+    )
     service_account: str = Field("", description="Kubernetes service account of the run's pods ('' = KFP default)")
     model_cache_pvc: str = Field(
         "", description="PVC (ReadWriteMany) mounted as the GPU tasks' HF cache: a run downloads the weights once"

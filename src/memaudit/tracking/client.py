@@ -31,6 +31,11 @@ CALL_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 TRACKING_FIX = "start the MLflow server or set MLFLOW_TRACKING_URI (unset: sqlite in the output folder)"
+AUTH_FIX = (
+    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN); on a cluster the Secret "
+    "named by run.tracking_secret holds them"
+)
+REFUSED = ("Unauthorized", "Forbidden", "PERMISSION_DENIED", "UNAUTHENTICATED", "401", "403")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # early MLflow 3 UIs open it on its runs
 RUNS_PAGE = "#/experiments/{id}/runs?workflowType=machine_learning"  # 3.17's UI follows a global switch instead
 LOCAL_UI = "http://127.0.0.1:5000/"  # where `mlflow ui` serves
@@ -87,6 +92,8 @@ def client(uri: str) -> Iterator[Any]:
             try:
                 mlflow_client.search_experiments(max_results=1)
             except Exception as exc:
+                if any(word in str(exc) for word in REFUSED):
+                    raise MemauditError(f"MLflow at {safe} refused the request (not logged in)", AUTH_FIX) from None
                 raise MemauditError(f"cannot reach MLflow at {safe} ({_short(exc)})", TRACKING_FIX) from None
     with scoped_env(CALL_ENV, force=False):
         try:

@@ -47,7 +47,7 @@ COMPARED_SETTINGS = (  # the parent run's params: what differs between the audit
     "scoring.psmi_directions",
     "shadows.n_shadows", "shadows.target", "shadows.seed",
     "evaluation.lira_mode", "evaluation.memorized_rule", "evaluation.memorized_fraction", "evaluation.tpr_target",
-    "evaluation.c_pred_loss_ratio",
+    "evaluation.c_pred_loss_ratio", "evaluation.ground_truth",
 )  # fmt: skip
 _PARENT_FIX = "pass the run id returned by start_parent_run (the prepare task) and the same tracking URI"
 
