@@ -1,11 +1,16 @@
 """The ground-truth switch (LiRA or RMIA) and the shadow curve, on a synthetic population with planted memorization."""
 
+import re
+import shlex
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from memaudit.cli import main
 from memaudit.config import load_config
+from memaudit.cost.estimate import estimate
 from memaudit.metrics import fit_offline_a, fpr_at_tpr, lira, memorized, option_probability, rmia, spearman
 from memaudit.stages.aggregate import aggregate
 from memaudit.stages.scorefile import read_scores
@@ -116,3 +121,16 @@ def test_bad_settings_are_refused_in_one_line(setting, message, capsys):
         main(["config", "show", "--preset", "demo", "--set", setting])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_the_readmes_cheaper_audit_line_is_a_valid_16_shadow_rmia_audit_at_the_cost_it_states():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if "evaluation.ground_truth=rmia" in x and x.startswith("memaudit ")]
+    argv = shlex.split(line)
+    preset = argv[argv.index("--preset") + 1]
+    overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    cfg = load_config(preset=preset, overrides=overrides)
+    assert (cfg.shadows.n_shadows, cfg.evaluation.ground_truth, cfg.evaluation.rmia_mode) == (16, "rmia", "offline")
+    cheap, full = estimate(cfg, "h100").device_hours, estimate(load_config(preset=preset), "h100").device_hours
+    stated = re.search(r"\((\d+\.\d) instead of (\d+\.\d) H100-hours", readme)
+    assert (f"{cheap:.1f}", f"{full:.1f}") == stated.groups()
