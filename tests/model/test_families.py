@@ -23,6 +23,7 @@ from memaudit.config import load_config
 from memaudit.config.families import FAMILIES, ModelFamily
 from memaudit.config.presets import PRESETS
 from memaudit.data.poolfile import train_pool
+from memaudit.errors import MemauditError
 from memaudit.model.forward import answer_forward
 from memaudit.model.loading import load_base_model, load_tokenizer, num_layers, resolve_layers
 from memaudit.model.lora import apply_lora, lora_parameter_count
@@ -106,6 +107,16 @@ def test_paper_presets_take_model_layers_and_targets_from_their_family(preset):
 def test_every_paper_family_has_a_preset():
     used = {load_config(preset=p).model.name for p in PAPER_PRESETS}
     assert used == {f.hub_id for f in FAMILIES.values() if f.in_paper}
+
+
+def test_pickled_weights_are_refused_in_one_line(built, tmp_path):
+    name, folder, _ = built
+    model = load_base_model(_family_config(name, folder).model)
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle only, as older Hub repos hold
+    with pytest.raises(MemauditError, match="has no safetensors weights") as refused:
+        load_base_model(_family_config(name, tmp_path).model)
+    assert "safe_serialization=True" in refused.value.fix
 
 
 def test_scaled_model_loads_in_bf16_with_the_real_vocabulary(built):

@@ -116,11 +116,19 @@ def load_base_model(model_cfg: ModelConfig, path: str | Path | None = None, devi
     dev = resolve_device(device)
     source, where = _source(model_cfg, path)
     kwargs: dict = {**where, "dtype": _DTYPES[model_cfg.dtype]}
+    if "gguf_file" not in where:  # never unpickle weights: a .bin file can run code when it is loaded
+        kwargs["use_safetensors"] = True
     if model_cfg.quantization == "nf4":
         kwargs.update(_nf4_kwargs(dev))
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError, SafetensorError) as exc:
+        if "safetensors" in str(exc) and "gguf_file" not in where:
+            raise MemauditError(
+                f"{source} has no safetensors weights (memaudit does not load pickled .bin weights)",
+                "save the model with save_pretrained(safe_serialization=True), or pick a model.revision that has "
+                "model.safetensors",
+            ) from None
         raise _hub_error("weights", source, exc) from None
     resolve_layers(model_cfg.layers, num_layers(model), source)
     if model_cfg.quantization == "none":
