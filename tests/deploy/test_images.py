@@ -120,6 +120,8 @@ def test_hf_cache_is_a_volume_and_no_secret_is_baked_in(kind):
     names = re.findall(r"(\w+)=", env) + [arg.split("=")[0] for op, arg in ops if op == "ARG"]
     assert not [n for n in names if re.search(r"TOKEN|SECRET|PASSWORD|ACCESS_KEY", n, re.IGNORECASE)]
     assert "PATH=/opt/venv/bin" in env  # `python3` of KFP's component command is the venv's
+    # an audit of sensitive data sends no usage telemetry (Hugging Face Hub, MLflow, and the common opt-out)
+    assert {"HF_HUB_DISABLE_TELEMETRY=1", "MLFLOW_DISABLE_TELEMETRY=true", "DO_NOT_TRACK=1"} <= set(env.split())
 
 
 @pytest.mark.parametrize("kind", list(DOCKERFILES))
