@@ -13,6 +13,7 @@ against the local KFP REST server. Without either, those tests skip and say so.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -337,6 +338,7 @@ def test_mlflow_server_command_proxies_artifacts_to_the_bucket():
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == VALUES["s3"]["endpoint"]
     assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("sqlite:////data/")
+    assert not any("backend-store-uri" in arg or "$(" in arg for arg in container["args"])  # env only, never argv
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/data", "/tmp"} <= mounts
 
@@ -466,14 +468,19 @@ def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only(
         "--host": "127.0.0.1",
         "--port": str(port),
         "--workers": "1",
-        "--backend-store-uri": f"sqlite:///{tmp_path}/mlflow.db",
         "--artifacts-destination": str(tmp_path / "artifacts"),
     }
     args = [f"{a.split('=')[0]}={local[a.split('=')[0]]}" if a.split("=")[0] in local else a for a in container["args"]]
     mlflow = Path(sys.executable).parent / container["command"][0]
     log = (tmp_path / "server.log").open("w")
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db"}  # as the pod's env gives it
     server = subprocess.Popen(  # own session: the server's workers and job consumers are stopped with it
-        [str(mlflow), *container["command"][1:], *args], cwd=tmp_path, stdout=log, stderr=log, start_new_session=True
+        [str(mlflow), *container["command"][1:], *args],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        env=env,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -496,8 +503,8 @@ def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only(
             assert _get(search, host) == 200, host
         assert _get(search, f"localhost:{port}") == 200  # kubectl port-forward
         assert _get(search, "attacker.example.com") == 403
+        assert (tmp_path / "mlflow.db").is_file()  # the database came from the environment, not from argv
     finally:
-        import os
         import signal
 
         os.killpg(server.pid, signal.SIGTERM)
