@@ -6,7 +6,8 @@ Keys are ``/``-separated relative paths (``<fingerprint>/shadows/3/scores.npz``)
   place (``os.replace`` locally; a server-side copy on S3), so an interrupted upload leaves no final key.
 * **COMPLETE markers** (format in :mod:`memaudit.store.seal`): :meth:`ObjectStore.write_complete` writes
   ``<prefix>/COMPLETE`` last, listing the sha256 and size of every file it covers. Readers (``verify=True``, the
-  default) trust only files listed in a marker whose checksum matches what they downloaded.
+  default) trust only files listed in a marker whose checksum matches what they downloaded. With the install's seal
+  key in the environment, markers are signed and an unsigned or foreign one is treated as damage (set aside, redone).
 * **Immutability**: nothing under a complete prefix, and no file listed in a marker, can be written again. To
   recompute, delete the prefix explicitly (:meth:`ObjectStore.delete_prefix`).
 
@@ -29,7 +30,19 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from memaudit.errors import MemauditError
-from memaudit.store.seal import CHUNK, MARKER, HashingReader, marker_bytes, mismatches, parse_marker, stream_digest
+from memaudit.store.seal import (
+    CHUNK,
+    MARKER,
+    SEAL_KEY_ENV,
+    HashingReader,
+    authentic,
+    distrusted,
+    marker_bytes,
+    mismatches,
+    parse_marker,
+    seal_key,
+    stream_digest,
+)
 
 TMP_PREFIX = ".memaudit-tmp"  # temporary objects of in-flight writes; never listed
 STORE_TAG = ".memaudit-store"  # file in a LocalStore root; lets store_for_uri find the root of a file:// URI
@@ -89,6 +102,7 @@ class ObjectStore(abc.ABC):
 
     def __init__(self) -> None:
         self._sealed: dict[str, dict[str, Any]] = {}  # prefix-scope markers seen (they never change)
+        self._key = seal_key()  # the install's seal key: markers are signed, unsigned ones distrusted
 
     # ------------------------------------------------------------------------------------- subclass interface
 
@@ -276,7 +290,7 @@ class ObjectStore(abc.ABC):
         files = {rel: (e["sha256"], e["size"]) for rel, e in existing["files"].items()} if existing else {}
         for key in chosen:
             files[key[len(prefix) + 1 :]] = self._stored_digest(key) or self._digest(key)
-        data = marker_bytes(files, "prefix" if keys is None else "keys")
+        data = marker_bytes(files, "prefix" if keys is None else "keys", prefix=prefix, key=self._key)
         self._raw_put(f"{prefix}/{MARKER}", HashingReader(io.BytesIO(data)), len(data))
         return parse_marker(data)
 
@@ -348,9 +362,16 @@ class ObjectStore(abc.ABC):
             ) from None
         finally:
             stream.close()
+        if self._key is not None and not authentic(manifest, prefix, self._key):
+            manifest = distrusted(manifest)  # written without this install's key: nothing it lists is trusted
         if manifest["scope"] == "prefix":
             self._sealed[prefix] = manifest
         return manifest
+
+    def unsigned(self, prefix: str) -> bool:
+        """Whether this store holds a seal key and the marker of ``prefix`` is not signed with it."""
+        manifest = self._load_marker(check_prefix(prefix))
+        return bool(manifest and manifest.get("unsigned"))
 
     def _markers_above(self, keys: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         for prefix in sorted({p for key in keys for p in _ancestors(key)}):
@@ -387,6 +408,8 @@ class ObjectStore(abc.ABC):
 
     def _corrupted(self, key: str, prefix: str, *, missing: bool = False) -> CorruptedObject:
         what = "is missing" if missing else "does not match the sha256/size in its COMPLETE marker (corrupted)"
+        if self.unsigned(prefix):
+            what = f"is listed by a COMPLETE marker not signed with this install's {SEAL_KEY_ENV} (forged or foreign)"
         return CorruptedObject(
             f"{self.uri(key)} {what}", f"delete {self.uri(prefix)} and re-run the task that wrote it", key, prefix
         )
@@ -416,7 +439,7 @@ class ObjectStore(abc.ABC):
         if manifest is not None and manifest["scope"] == "keys" and keys is not None:
             files = manifest["files"].items()
             kept = {rel: (e["sha256"], e["size"]) for rel, e in files if f"{prefix}/{rel}" not in keys}
-            data = marker_bytes(kept, "keys")
+            data = marker_bytes(kept, "keys", prefix=prefix, key=self._key)
             self._raw_put(marker, HashingReader(io.BytesIO(data)), len(data))
             moving = list(keys)
         else:  # the marker first; then the given keys, or everything under the prefix

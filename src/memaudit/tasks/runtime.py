@@ -25,6 +25,7 @@ from memaudit.config import ExperimentConfig, config_from_dict
 from memaudit.errors import MemauditError
 from memaudit.store import ENDPOINT_ENV, RunStorage, store_from_env
 from memaudit.store.base import CorruptedObject
+from memaudit.store.seal import SEAL_KEY_ENV as SEAL_KEY_ENV  # for the pipelines: the Secret's key
 
 STORE_DIR_ENV = "MEMAUDIT_STORE_DIR"
 WORK_DIR_ENV = "MEMAUDIT_WORK_DIR"
@@ -121,9 +122,12 @@ class Task:
 
     def set_aside(self, prefix: str, damaged: list[str], keys: list[str] | None = None) -> None:
         """Move a damaged prefix (or only ``keys`` of it) to the quarantine and say so in one line."""
+        why = "does not match its COMPLETE marker"
+        if self.store.unsigned(prefix):
+            why = "is listed by a COMPLETE marker without this install's seal"
         where = self.storage.set_aside(prefix, keys)
         who = f"{self.name}" + (f" of shadow {self.shadow}" if self.shadow is not None else "")
-        message = f"{self.store.uri(damaged[0])} does not match its COMPLETE marker: moved aside to {where}"
+        message = f"{self.store.uri(damaged[0])} {why}: moved aside to {where}"
         print(f"memaudit: {who}: {message}; recomputing", file=sys.stderr, flush=True)
         progress.emit(self.name, "damaged", shadow=self.shadow, message=message)
 
