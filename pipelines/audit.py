@@ -19,12 +19,14 @@ from kfp.dsl import Dataset, Input, Model
 
 from memaudit.components import aggregate, finetune, plot, prepare, score, split
 from memaudit.config import ExperimentConfig
+from memaudit.tasks.runtime import SEAL_KEY_ENV
 
 PIPELINE_NAME = "memaudit-audit"
 S3_SECRET_KEYS = ("MEMAUDIT_S3_ACCESS_KEY", "MEMAUDIT_S3_SECRET_KEY")
 TRACKING_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 HF_CACHE = "/cache/huggingface"  # HF_HOME of both runtime images (images/*/Dockerfile)
 RUN_AS = 10001  # uid and gid of the images' memaudit user (images/*/Dockerfile)
+MLFLOW_CLIENT_LABEL = ("memaudit.io/mlflow-client", "true")  # the chart's NetworkPolicy admits these pods to MLflow
 ENV_CONFIG_KEYS = ("MEMAUDIT_S3_ENDPOINT", "MEMAUDIT_S3_BUCKET", "MEMAUDIT_S3_SECURE", "MLFLOW_TRACKING_URI")
 
 
@@ -47,9 +49,11 @@ def common_settings(task: dsl.PipelineTask, cfg: ExperimentConfig, name: str, *,
     )
     kubernetes.set_timeout(task, run.timeout_s)
     kubernetes.set_security_context(task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True)
+    kubernetes.add_pod_label(task, *MLFLOW_CLIENT_LABEL)
     kubernetes.use_secret_as_env(task, run.s3_secret, {key: key for key in S3_SECRET_KEYS})
     tracking_login = {key: key for key in TRACKING_SECRET_KEYS}
     kubernetes.use_secret_as_env(task, run.tracking_secret, tracking_login, optional=True)  # never a parameter
+    kubernetes.use_secret_as_env(task, run.seal_secret, {SEAL_KEY_ENV: SEAL_KEY_ENV}, optional=True)
     kubernetes.use_config_map_as_env(task, run.env_config_map, {key: key for key in ENV_CONFIG_KEYS}, optional=True)
     if not gpu:
         return

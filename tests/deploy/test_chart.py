@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from memaudit.config import RunConfig, load_config
-from memaudit.pipelines.audit import ENV_CONFIG_KEYS, S3_SECRET_KEYS
+from memaudit.pipelines.audit import ENV_CONFIG_KEYS, MLFLOW_CLIENT_LABEL, S3_SECRET_KEYS
 from tests.support import gotemplate
 from tests.support.chart import CHART, ENGINE, SCHEMA, VALUES, by_kind, deep_merge, needs_helm, render
 
@@ -297,6 +297,33 @@ def test_default_render_has_what_a_run_needs_with_the_pipelines_names():
     assert ("Secret", run.hf_token_secret) not in docs  # only with hf.token
     binding = docs[("RoleBinding", "memaudit-pipeline")]
     assert binding["subjects"][0]["name"] == VALUES["serviceAccount"]["name"]
+    run_config = yaml.safe_load(docs[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
+    assert run_config["run"]["service_account"] == VALUES["serviceAccount"]["name"]  # the Role's account, not KFP's
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values", "account"),
+    [({"rbac": {"create": False}}, ""), ({"config": {"run": {"service_account": "team-a-runner"}}}, "team-a-runner")],
+)
+def test_pipeline_pods_run_as_kfps_account_only_without_the_charts_role(values, account):
+    docs = by_kind(render(deep_merge(CREDS, values)))
+    run_config = yaml.safe_load(docs[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
+    assert run_config["run"]["service_account"] == account
+
+
+@needs_helm
+def test_only_the_pipelines_pods_and_named_peers_reach_mlflow():
+    ingress_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    docs = by_kind(render(deep_merge(CREDS, {"networkPolicy": {"extraFrom": [ingress_ns]}})))
+    policy = docs[("NetworkPolicy", "memaudit-mlflow")]["spec"]
+    server = docs[("Deployment", "memaudit-mlflow")]["spec"]["template"]["metadata"]["labels"]
+    assert policy["policyTypes"] == ["Ingress"] and policy["podSelector"]["matchLabels"].items() <= server.items()
+    (rule,) = policy["ingress"]
+    label, value = MLFLOW_CLIENT_LABEL  # the label the compiled pipeline gives every task pod
+    assert rule["from"] == [{"podSelector": {"matchLabels": {label: value}}}, ingress_ns]
+    assert rule["ports"] == [{"protocol": "TCP", "port": VALUES["mlflow"]["port"]}]
+    assert ("NetworkPolicy", "memaudit-mlflow") not in by_kind(render({**CREDS, "networkPolicy": {"enabled": False}}))
 
 
 @needs_helm
@@ -310,13 +337,15 @@ def test_existing_secret_replaces_the_chart_secret_everywhere():
     docs = render(VARIANTS["existing-secret-external-db"])
     kinds = by_kind(docs)
     assert not [d for d in docs if d["kind"] == "Secret"]
-    assert ("PersistentVolumeClaim", "memaudit-mlflow") not in kinds
+    assert ("PersistentVolumeClaim", "memaudit-mlflow") in kinds  # the logins' database
     run_config = yaml.safe_load(kinds[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
     assert run_config["run"]["s3_secret"] == "my-s3"
     assert kinds[("ConfigMap", "memaudit-env")]["data"]["MEMAUDIT_S3_SECURE"] == "true"
     mlflow = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]
     refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in mlflow["containers"][0]["env"] if "valueFrom" in e]
-    assert refs == ["mlflow-db", "my-s3", "my-s3"]
+    assert refs == ["mlflow-db", "my-s3", "my-s3", *[RunConfig().tracking_secret] * 3]
+    without_auth = deep_merge(VARIANTS["existing-secret-external-db"], {"mlflow": {"auth": {"enabled": False}}})
+    assert ("PersistentVolumeClaim", "memaudit-mlflow") not in by_kind(render(without_auth))  # nothing in SQLite
     assert mlflow["imagePullSecrets"] == [{"name": "regcred"}]
     for _, pod in _pod_specs(docs):
         for container in pod.get("initContainers", []) + pod["containers"]:
@@ -340,7 +369,21 @@ def test_mlflow_server_command_proxies_artifacts_to_the_bucket():
     assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("sqlite:////data/")
     assert not any("backend-store-uri" in arg or "$(" in arg for arg in container["args"])  # env only, never argv
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert {"/data", "/tmp"} <= mounts
+    assert {"/data", "/tmp", "/etc/mlflow-auth"} <= mounts
+    assert "--app-name=basic-auth" in container["args"]  # a login for every request but /health
+    login = {
+        name: e["valueFrom"]["secretKeyRef"]
+        for name, e in env.items()
+        if name.startswith(("MLFLOW_AUTH_A", "MLFLOW_F"))
+    }
+    tracking = RunConfig().tracking_secret  # the tasks' login is the server's admin
+    assert login == {
+        "MLFLOW_AUTH_ADMIN_USERNAME": {"name": tracking, "key": "MLFLOW_TRACKING_USERNAME"},
+        "MLFLOW_AUTH_ADMIN_PASSWORD": {"name": tracking, "key": "MLFLOW_TRACKING_PASSWORD"},
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": {"name": tracking, "key": "MLFLOW_FLASK_SERVER_SECRET_KEY"},
+    }
+    ini = kinds[("ConfigMap", "memaudit-mlflow-auth")]["data"]["basic_auth.ini"]
+    assert "default_permission = NO_PERMISSIONS" in ini and "password" not in ini  # no credential in a ConfigMap
 
 
 def _submit_job(docs):
@@ -442,11 +485,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _get(url: str, host: str) -> int:
+def _get(url: str, host: str, login: tuple[str, str] | None = None) -> int:
+    import base64
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, headers={"Host": host})
+    headers = {"Host": host}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status
@@ -456,12 +503,16 @@ def _get(url: str, host: str) -> int:
 
 @needs_helm
 @pytest.mark.integration
-def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only(tmp_path):
-    """The rendered `mlflow server` command, run here: storage and bind address swapped for local ones."""
+def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only_after_a_login(tmp_path):
+    """The rendered `mlflow server` command and login settings, run here: storage and bind address swapped for local
+    ones, the Secret's values given as the pod's environment would give them."""
     import time
     import urllib.error
 
     kinds = by_kind(render(CREDS))
+    ini = kinds[("ConfigMap", "memaudit-mlflow-auth")]["data"]["basic_auth.ini"]
+    (tmp_path / "basic_auth.ini").write_text(ini.replace("sqlite:////data/", f"sqlite:///{tmp_path}/"))
+    login = ("memaudit", "s3cret-" + os.urandom(8).hex())
     container = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]["containers"][0]
     port = _free_port()
     local = {
@@ -473,7 +524,14 @@ def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only(
     args = [f"{a.split('=')[0]}={local[a.split('=')[0]]}" if a.split("=")[0] in local else a for a in container["args"]]
     mlflow = Path(sys.executable).parent / container["command"][0]
     log = (tmp_path / "server.log").open("w")
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db"}  # as the pod's env gives it
+    env = {  # as the pod's environment gives them
+        **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": login[0],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": login[1],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
+    }
     server = subprocess.Popen(  # own session: the server's workers and job consumers are stopped with it
         [str(mlflow), *container["command"][1:], *args],
         cwd=tmp_path,
@@ -500,10 +558,13 @@ def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only(
             "memaudit-mlflow.kubeflow:5000",
             "memaudit-mlflow.kubeflow.svc.cluster.local:5000",
         ):
-            assert _get(search, host) == 200, host
-        assert _get(search, f"localhost:{port}") == 200  # kubectl port-forward
-        assert _get(search, "attacker.example.com") == 403
+            assert _get(search, host, login) == 200, host
+            assert _get(search, host) == 401, host  # no login, no audit
+        assert _get(search, f"localhost:{port}", (login[0], "wrong")) == 401
+        assert _get(search, f"localhost:{port}", login) == 200  # kubectl port-forward
+        assert _get(search, "attacker.example.com", login) == 403
         assert (tmp_path / "mlflow.db").is_file()  # the database came from the environment, not from argv
+        assert (tmp_path / "basic_auth.db").is_file()  # the logins, on the PVC in the pod
     finally:
         import signal
 

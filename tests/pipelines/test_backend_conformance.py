@@ -13,7 +13,7 @@ import yaml
 
 from memaudit.components.values import MAX_CURVE_POINTS, downsample_curve, kfp_metadata, kfp_metrics
 from memaudit.config import load_config
-from memaudit.pipelines.audit import HF_CACHE, model_cache_size
+from memaudit.pipelines.audit import HF_CACHE, MLFLOW_CLIENT_LABEL, model_cache_size
 from memaudit.pipelines.compile import COMPILED, PIPELINES, compile_pipeline
 from memaudit.pipelines.submit import BACKEND_FLOOR
 
@@ -127,6 +127,8 @@ def test_every_task_runs_restricted_with_limits_and_a_deadline(compiled):
         assert resources["resourceCpuLimit"] == resources["resourceCpuRequest"], name  # limit defaults to request
         # a hung task ends (activeDeadlineSeconds = run.timeout_s) and frees its node, GPU included
         assert int(pod["activeDeadlineSeconds"]) == run.timeout_s, name
+        # the chart's NetworkPolicy admits to MLflow only pods with this label
+        assert pod["podMetadata"]["labels"] == dict([MLFLOW_CLIENT_LABEL]), name
 
 
 def test_secrets_reach_tasks_as_env_never_as_parameters(compiled):
@@ -138,6 +140,9 @@ def test_secrets_reach_tasks_as_env_never_as_parameters(compiled):
     for name in spec["deploymentSpec"]["executors"]:
         env = {e["envVar"] for s in platform[name]["secretAsEnv"] for e in s["keyToEnv"]}
         assert {"MEMAUDIT_S3_ACCESS_KEY", "MEMAUDIT_S3_SECRET_KEY"} <= env
+        # COMPLETE markers are signed and checked with the install's key wherever the store is written or read
+        (seal,) = [s for s in platform[name]["secretAsEnv"] if s["keyToEnv"][0]["envVar"] == "MEMAUDIT_SEAL_KEY"]
+        assert seal["optional"] and seal["secretNameParameter"]["runtimeValue"]["constant"] == "memaudit-seal", name
 
 
 def test_hub_model_metadata_has_no_null_or_non_finite_value():

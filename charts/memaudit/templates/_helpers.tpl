@@ -56,6 +56,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-mlflow" (include "memaudit.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* "true" when the MLflow server keeps a SQLite database on its PVC (runs without an external database, or
+logins), else empty. */}}
+{{- define "memaudit.mlflowPvc" -}}
+{{- if and .Values.mlflow.enabled (or (not .Values.mlflow.backendStore.existingSecret) .Values.mlflow.auth.enabled) }}true{{ end }}
+{{- end }}
+
 {{/* MLFLOW_TRACKING_URI of the pipeline pods. */}}
 {{- define "memaudit.trackingUri" -}}
 {{- if .Values.mlflow.enabled }}
@@ -65,10 +71,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The run config (a memaudit config file), with the S3 Secret name the chart actually uses. */}}
+{{/* The run config (a memaudit config file), with the S3 Secret name the chart actually uses and, with rbac.create,
+the chart's least-privilege ServiceAccount for the pipeline pods unless one is named. */}}
 {{- define "memaudit.runConfig" -}}
 {{- $config := deepCopy .Values.config }}
 {{- $_ := set $config.run "s3_secret" (include "memaudit.s3SecretName" .) }}
+{{- if and .Values.rbac.create (not $config.run.service_account) }}
+{{- $_ := set $config.run "service_account" (include "memaudit.serviceAccountName" .) }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 

@@ -328,6 +328,10 @@ class RunConfig(_Section):
         "memaudit-mlflow-auth",
         description="optional Secret with MLFLOW_TRACKING_USERNAME/PASSWORD (or _TOKEN): the tasks' MLflow login",
     )
+    seal_secret: str = Field(
+        "memaudit-seal",
+        description="optional Secret with MEMAUDIT_SEAL_KEY: the install's key that signs and checks COMPLETE markers",
+    )
     service_account: str = Field("", description="Kubernetes service account of the run's pods ('' = KFP default)")
     model_cache_pvc: str = Field(
         "", description="PVC (ReadWriteMany) mounted as the GPU tasks' HF cache: a run downloads the weights once"
