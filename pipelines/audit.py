@@ -19,11 +19,12 @@ from kfp.dsl import Dataset, Input, Model
 
 from memaudit.components import aggregate, finetune, plot, prepare, score, split
 from memaudit.config import ExperimentConfig
-from memaudit.tasks.runtime import SEAL_KEY_ENV
+from memaudit.tasks.runtime import CA_BUNDLE_ENV, SEAL_KEY_ENV
 
 PIPELINE_NAME = "memaudit-audit"
 S3_SECRET_KEYS = ("MEMAUDIT_S3_ACCESS_KEY", "MEMAUDIT_S3_SECRET_KEY")
 TRACKING_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+CA_DIR = "/etc/memaudit/ca"  # where run.ca_bundle_config_map is mounted (its key ca.crt)
 HF_CACHE = "/cache/huggingface"  # HF_HOME of both runtime images (images/*/Dockerfile)
 RUN_AS = 10001  # uid and gid of the images' memaudit user (images/*/Dockerfile)
 MLFLOW_CLIENT_LABEL = ("memaudit.io/mlflow-client", "true")  # the chart's NetworkPolicy admits these pods to MLflow
@@ -55,6 +56,9 @@ def common_settings(task: dsl.PipelineTask, cfg: ExperimentConfig, name: str, *,
     kubernetes.use_secret_as_env(task, run.tracking_secret, tracking_login, optional=True)  # never a parameter
     kubernetes.use_secret_as_env(task, run.seal_secret, {SEAL_KEY_ENV: SEAL_KEY_ENV}, optional=True)
     kubernetes.use_config_map_as_env(task, run.env_config_map, {key: key for key in ENV_CONFIG_KEYS}, optional=True)
+    if run.ca_bundle_config_map:
+        kubernetes.use_config_map_as_volume(task, run.ca_bundle_config_map, mount_path=CA_DIR)
+        task.set_env_variable(CA_BUNDLE_ENV, f"{CA_DIR}/ca.crt")
     if not gpu:
         return
     task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)

@@ -29,7 +29,6 @@ from tests.support import gotemplate
 from tests.support.chart import CHART, ENGINE, SCHEMA, VALUES, by_kind, deep_merge, needs_helm, render
 
 TEMPLATES = sorted((CHART / "templates").iterdir())
-CREDS = {"s3": {"accessKey": "minio", "secretKey": "minio123"}}
 STANDARD_LABELS = {
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -129,7 +128,7 @@ def _validate(values: dict) -> None:
 def test_values_yaml_satisfies_the_schema():
     jsonschema.Draft7Validator.check_schema(SCHEMA)
     _validate(VALUES)
-    _validate(deep_merge(VALUES, {"submit": {"enabled": True, "set": ["shadows.n_shadows=8"]}, **CREDS}))
+    _validate(deep_merge(VALUES, {"submit": {"enabled": True, "set": ["shadows.n_shadows=8"]}}))
 
 
 @pytest.mark.parametrize(
@@ -199,7 +198,7 @@ def _pod_specs(docs):
 def test_helm_lint_strict_passes(engine):
     if engine == "helm-cli":
         proc = subprocess.run(
-            ["helm", "lint", "--strict", str(CHART), "--set", "s3.accessKey=a", "--set", "s3.secretKey=b"],
+            ["helm", "lint", "--strict", str(CHART)],
             capture_output=True,
             text=True,
         )
@@ -207,15 +206,14 @@ def test_helm_lint_strict_passes(engine):
     else:
         import helm_python
 
-        report = helm_python.lint(CHART, {"s3": {"accessKey": "a", "secretKey": "b"}}, strict=True)
+        report = helm_python.lint(CHART, {}, strict=True)
         problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 = warning, 3 = error
         assert not problems and not report["errors"], report
 
 
 VARIANTS = {
-    "defaults": CREDS,
+    "defaults": {},
     "submit": {
-        **CREDS,
         "submit": {
             "enabled": True,
             "experiment": "audits",
@@ -223,20 +221,18 @@ VARIANTS = {
             "set": ["shadows.n_shadows=4", "run.parallelism=2"],
             "tokenSecret": "kfp-token",
         },
-        "hf": {"token": "hf_x"},
     },
     "submit-multi-user": {
-        **CREDS,
         "submit": {"enabled": True, "multiUser": True, "namespace": "team-a"},
     },
-    "existing-secret-external-db": {
-        "s3": {"existingSecret": "my-s3", "endpoint": "https://s3.eu-west-1.amazonaws.com"},
-        "mlflow": {"backendStore": {"existingSecret": "mlflow-db"}},
+    "named-secrets-external-db": {
+        "config": {"run": {"s3_secret": "my-s3"}},
+        "s3": {"endpoint": "https://s3.eu-west-1.amazonaws.com"},
+        "mlflow": {"backendStore": {"existingSecret": "mlflow-db"}, "artifactsSecret": "my-mlflow-s3"},
         "image": {"pullSecrets": ["regcred"]},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/memaudit"}},
     },
     "no-mlflow-no-rbac": {
-        **CREDS,
         "mlflow": {"enabled": False, "trackingUri": "http://mlflow.tools:5000"},
         "rbac": {"create": False},
         "buckets": {"create": False},
@@ -284,17 +280,14 @@ def test_pods_are_locked_down_and_resources_labelled(variant):
 
 @needs_helm
 def test_default_render_has_what_a_run_needs_with_the_pipelines_names():
-    docs = by_kind(render(CREDS))
+    docs = by_kind(render({}))
     run = RunConfig()
-    secret = docs[("Secret", run.s3_secret)]
-    assert set(secret["stringData"]) == set(S3_SECRET_KEYS)
     env = docs[("ConfigMap", run.env_config_map)]["data"]
     assert set(env) == set(ENV_CONFIG_KEYS)
     assert env["MEMAUDIT_S3_SECURE"] == "false"
     assert env["MLFLOW_TRACKING_URI"] == "http://memaudit-mlflow.kubeflow.svc.cluster.local:5000"
     assert ("Service", "memaudit-mlflow") in docs and ("PersistentVolumeClaim", "memaudit-mlflow") in docs
     assert ("Job", "memaudit-buckets") in docs and not any(kind == "Job" and "submit" in n for kind, n in docs)
-    assert ("Secret", run.hf_token_secret) not in docs  # only with hf.token
     binding = docs[("RoleBinding", "memaudit-pipeline")]
     assert binding["subjects"][0]["name"] == VALUES["serviceAccount"]["name"]
     run_config = yaml.safe_load(docs[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
@@ -307,7 +300,7 @@ def test_default_render_has_what_a_run_needs_with_the_pipelines_names():
     [({"rbac": {"create": False}}, ""), ({"config": {"run": {"service_account": "team-a-runner"}}}, "team-a-runner")],
 )
 def test_pipeline_pods_run_as_kfps_account_only_without_the_charts_role(values, account):
-    docs = by_kind(render(deep_merge(CREDS, values)))
+    docs = by_kind(render(deep_merge({}, values)))
     run_config = yaml.safe_load(docs[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
     assert run_config["run"]["service_account"] == account
 
@@ -315,7 +308,7 @@ def test_pipeline_pods_run_as_kfps_account_only_without_the_charts_role(values, 
 @needs_helm
 def test_only_the_pipelines_pods_and_named_peers_reach_mlflow():
     ingress_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
-    docs = by_kind(render(deep_merge(CREDS, {"networkPolicy": {"extraFrom": [ingress_ns]}})))
+    docs = by_kind(render(deep_merge({}, {"networkPolicy": {"extraFrom": [ingress_ns]}})))
     policy = docs[("NetworkPolicy", "memaudit-mlflow")]["spec"]
     server = docs[("Deployment", "memaudit-mlflow")]["spec"]["template"]["metadata"]["labels"]
     assert policy["policyTypes"] == ["Ingress"] and policy["podSelector"]["matchLabels"].items() <= server.items()
@@ -323,28 +316,47 @@ def test_only_the_pipelines_pods_and_named_peers_reach_mlflow():
     label, value = MLFLOW_CLIENT_LABEL  # the label the compiled pipeline gives every task pod
     assert rule["from"] == [{"podSelector": {"matchLabels": {label: value}}}, ingress_ns]
     assert rule["ports"] == [{"protocol": "TCP", "port": VALUES["mlflow"]["port"]}]
-    assert ("NetworkPolicy", "memaudit-mlflow") not in by_kind(render({**CREDS, "networkPolicy": {"enabled": False}}))
+    assert ("NetworkPolicy", "memaudit-mlflow") not in by_kind(render({"networkPolicy": {"enabled": False}}))
 
 
 @needs_helm
-def test_missing_s3_credentials_fail_the_render_naming_the_value():
-    with pytest.raises(Exception, match=r"s3\.accessKey"):
-        render({})
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_chart_holds_no_credential_and_reads_the_named_secrets(variant):
+    docs = render(VARIANTS[variant])
+    assert not [d for d in docs if d["kind"] == "Secret"]  # credentials never pass through Helm's release data
+    run = yaml.safe_load(by_kind(docs)[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])["run"]
+    allowed = {run["s3_secret"], VARIANTS[variant].get("mlflow", {}).get("artifactsSecret")}
+    for name, pod in _pod_specs(docs):
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            env = [
+                e["valueFrom"]["secretKeyRef"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            ]
+            s3 = {ref["name"] for ref in env if ref["key"] in S3_SECRET_KEYS}
+            s3 |= {source["secretRef"]["name"] for source in container.get("envFrom", []) if "secretRef" in source}
+            assert s3 <= allowed, name
+
+
+def test_the_schema_has_no_place_for_a_credential():
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(deep_merge(VALUES, {"s3": {"accessKey": "minio", "secretKey": "minio123"}}))
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(deep_merge(VALUES, {"hf": {"token": "hf_x"}}))
 
 
 @needs_helm
-def test_existing_secret_replaces_the_chart_secret_everywhere():
-    docs = render(VARIANTS["existing-secret-external-db"])
+def test_named_secrets_and_an_external_database_are_used_everywhere():
+    docs = render(VARIANTS["named-secrets-external-db"])
     kinds = by_kind(docs)
-    assert not [d for d in docs if d["kind"] == "Secret"]
     assert ("PersistentVolumeClaim", "memaudit-mlflow") in kinds  # the logins' database
     run_config = yaml.safe_load(kinds[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
     assert run_config["run"]["s3_secret"] == "my-s3"
     assert kinds[("ConfigMap", "memaudit-env")]["data"]["MEMAUDIT_S3_SECURE"] == "true"
     mlflow = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]
     refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in mlflow["containers"][0]["env"] if "valueFrom" in e]
-    assert refs == ["mlflow-db", "my-s3", "my-s3", *[RunConfig().tracking_secret] * 3]
-    without_auth = deep_merge(VARIANTS["existing-secret-external-db"], {"mlflow": {"auth": {"enabled": False}}})
+    assert refs == ["mlflow-db", "my-mlflow-s3", "my-mlflow-s3", *[RunConfig().tracking_secret] * 3]
+    without_auth = deep_merge(VARIANTS["named-secrets-external-db"], {"mlflow": {"auth": {"enabled": False}}})
     assert ("PersistentVolumeClaim", "memaudit-mlflow") not in by_kind(render(without_auth))  # nothing in SQLite
     assert mlflow["imagePullSecrets"] == [{"name": "regcred"}]
     for _, pod in _pod_specs(docs):
@@ -356,7 +368,7 @@ def test_existing_secret_replaces_the_chart_secret_everywhere():
 
 @needs_helm
 def test_mlflow_server_command_proxies_artifacts_to_the_bucket():
-    kinds = by_kind(render(CREDS))
+    kinds = by_kind(render({}))
     container = kinds[("Deployment", "memaudit-mlflow")]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["mlflow", "server"]
     args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"] if "=" in arg)
@@ -466,13 +478,13 @@ def test_submit_job_command_line_starts_a_run_on_the_local_kfp_api(tmp_path, cap
 
 @needs_helm
 def test_bucket_job_creates_the_pipeline_and_mlflow_buckets():
-    kinds = by_kind(render(CREDS))
+    kinds = by_kind(render({}))
     job = kinds[("Job", "memaudit-buckets")]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:2] == ["python", "-c"]
     compile(container["command"][2], "bucket-script", "exec")  # the inline script is valid Python
-    assert container["args"] == [VALUES["s3"]["bucket"], VALUES["mlflow"]["artifactsBucket"]]
+    assert container["args"] == ["--versioning", VALUES["s3"]["bucket"], VALUES["mlflow"]["artifactsBucket"]]
     sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
     assert sources == {RunConfig().env_config_map, RunConfig().s3_secret}
 
@@ -509,7 +521,7 @@ def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only_
     import time
     import urllib.error
 
-    kinds = by_kind(render(CREDS))
+    kinds = by_kind(render({}))
     ini = kinds[("ConfigMap", "memaudit-mlflow-auth")]["data"]["basic_auth.ini"]
     (tmp_path / "basic_auth.ini").write_text(ini.replace("sqlite:////data/", f"sqlite:///{tmp_path}/"))
     login = ("memaudit", "s3cret-" + os.urandom(8).hex())
@@ -574,3 +586,36 @@ def test_mlflow_server_with_the_charts_arguments_answers_the_cluster_names_only_
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)  # consumers that outlived the server
         log.close()
+
+
+@needs_helm
+@pytest.mark.integration
+def test_bucket_script_creates_versioned_buckets_on_a_real_s3(s3_server):
+    """The rendered bucket script, run against SeaweedFS with the env the pod gets: new buckets are versioned."""
+    from minio import Minio
+
+    container = by_kind(render({}))[("Job", "memaudit-buckets")]["spec"]["template"]["spec"]["containers"][0]
+    bucket = "memaudit-versioned-" + os.urandom(3).hex()
+    env = {**os.environ, "MEMAUDIT_S3_ENDPOINT": s3_server.endpoint, "MEMAUDIT_S3_ACCESS_KEY": s3_server.access_key,
+           "MEMAUDIT_S3_SECRET_KEY": s3_server.secret_key}  # fmt: skip
+    command = [sys.executable, "-c", container["command"][2], "--versioning", bucket, s3_server.bucket]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    assert f"bucket {bucket} created with versioning" in out and f"bucket {s3_server.bucket} exists" in out
+    client = Minio(s3_server.endpoint.removeprefix("http://"), s3_server.access_key, s3_server.secret_key, secure=False)
+    assert client.get_bucket_versioning(bucket).status == "Enabled"
+
+
+@needs_helm
+def test_a_private_ca_reaches_the_servers_and_jobs_that_talk_to_the_store():
+    docs = render({"config": {"run": {"ca_bundle_config_map": "corp-ca"}}, "submit": {"enabled": True}})
+    for name, pod in _pod_specs(docs):
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        assert volumes["ca"]["configMap"]["name"] == "corp-ca", name
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if container["name"] == "submit":  # it talks to KFP's API only
+                continue
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+            variable = "AWS_CA_BUNDLE" if container["name"] == "mlflow" else "SSL_CERT_FILE"  # boto3; minio-py
+            assert env[variable] == mounts["ca"] + "/ca.crt", name
+    assert all("ca" not in {v["name"] for v in pod.get("volumes", [])} for _, pod in _pod_specs(render({})))

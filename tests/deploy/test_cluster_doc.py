@@ -30,7 +30,9 @@ from tests.support.chart import ENGINE, SCHEMA, VALUES, by_kind, deep_merge, ren
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "cluster.md"
 FENCE = re.compile(r"^```(\w+)(?: (\w+))?\n(.*?)^```$", re.MULTILINE | re.DOTALL)
-TAGS = {"docker": "Docker", "cluster": "a cluster", "helm": "helm", "gcloud": "gcloud", "az": "the Azure CLI"}
+TAGS = {"docker": "Docker", "cluster": "a cluster", "helm": "helm", "gcloud": "gcloud", "az": "the Azure CLI",
+        "minio": "mc (the MinIO client)"}  # fmt: skip
+SHELL_TOOLS = {"base64", "openssl", "tr", "shred", "umask"}  # coreutils and the like: their flags are not checked
 REPO_DIRS = ("charts/", "images/", "pipelines/", "docs/", "src/", "components/")
 
 # Flags of the helm and cloud-CLI subcommands the doc uses, from each tool's reference documentation.
@@ -205,7 +207,7 @@ def test_tagged_block_names_existing_files_and_real_flags(index):
         elif program == "memaudit":
             sub = args[0]
             assert _flags(args) <= _memaudit_options(sub), _flags(args) - _memaudit_options(sub)
-        elif program in {"kubectl", "docker"}:
+        elif program in {"kubectl", "docker", "mc"}:
             if not shutil.which(program):
                 continue  # checked where the tool is installed
             known = _cli_flags_known(program, args)
@@ -222,7 +224,7 @@ def test_tagged_block_names_existing_files_and_real_flags(index):
                 if "--" in args and shutil.which("docker"):
                     assert _flags(args[args.index("--") + 1 :]) <= _cli_flags_known("docker", ["build"])
         else:
-            assert program in {"base64"}, f"command {program} is not checked"
+            assert program in SHELL_TOOLS, f"command {program} is not checked"
 
 
 @pytest.mark.skipif(ENGINE is None, reason="no helm engine (helm CLI or helm-python-sdk): helm commands not rendered")
@@ -234,7 +236,7 @@ def test_helm_commands_values_pass_the_schema_render_and_give_a_valid_run_config
     config = tmp_path / "config.yaml"
     config.write_text(docs[("ConfigMap", "memaudit-run")]["data"]["config.yaml"])
     cfg = load_config(path=config)
-    assert cfg.run.s3_secret == values.get("s3", {}).get("existingSecret", "memaudit-s3")
+    assert cfg.run.s3_secret == values.get("config", {}).get("run", {}).get("s3_secret", "memaudit-s3")
 
 
 def _tolerates(tolerations: list[Toleration], key: str, value: str, effect: str) -> bool:

@@ -13,7 +13,7 @@ import yaml
 
 from memaudit.components.values import MAX_CURVE_POINTS, downsample_curve, kfp_metadata, kfp_metrics
 from memaudit.config import load_config
-from memaudit.pipelines.audit import HF_CACHE, MLFLOW_CLIENT_LABEL, model_cache_size
+from memaudit.pipelines.audit import CA_DIR, HF_CACHE, MLFLOW_CLIENT_LABEL, model_cache_size
 from memaudit.pipelines.compile import COMPILED, PIPELINES, compile_pipeline
 from memaudit.pipelines.submit import BACKEND_FLOOR
 
@@ -190,6 +190,16 @@ def test_model_cache_pvc_replaces_the_pods_own_volume():
         assert platform[name]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "hf-models"
 
 
+def test_a_private_ca_reaches_every_task_for_the_object_store_only():
+    spec, platform = _compile_spec(load_config(preset="arc-mistral", overrides=["run.ca_bundle_config_map=corp-ca"]))
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        (mount,) = platform[name]["configMapAsVolume"]
+        assert mount["configMapName"] == "corp-ca" and mount["mountPath"] == CA_DIR, name
+        env = {e["name"]: e["value"] for e in executor["container"]["env"]}
+        assert env == {"MEMAUDIT_S3_CA_BUNDLE": f"{CA_DIR}/ca.crt"}, name  # not SSL_CERT_FILE: the Hub keeps its CAs
+    assert all("configMapAsVolume" not in pod for pod in _compile(load_config(preset="arc-mistral")).values())
+
+
 def test_cache_volume_size_follows_the_model_or_the_setting():
     assert model_cache_size("mistralai/Mistral-7B-v0.1") == "31Gi"  # 7e9 × 2 B × 1.5 = 21 GB, + 10
     assert model_cache_size("Qwen/Qwen2.5-0.5B") == "12Gi"
@@ -200,13 +210,17 @@ def test_cache_volume_size_follows_the_model_or_the_setting():
     } == {"100Gi"}
 
 
-def _compile(cfg):
+def _compile_spec(cfg):
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "audit.yaml"
         compile_pipeline(cfg, path)
-        return _load(path)[1]
+        return _load(path)
+
+
+def _compile(cfg):
+    return _compile_spec(cfg)[1]
 
 
 class _Artifact:

@@ -80,3 +80,16 @@ def test_a_server_that_comes_up_during_the_retries_is_reached():
         timer.join()
         for server in holder:
             server.shutdown()
+
+
+def test_a_private_ca_of_the_store_wins_over_the_process_wide_one(monkeypatch, tmp_path):
+    import certifi
+
+    monkeypatch.delenv("MEMAUDIT_S3_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    assert pool_manager(connect=1, read=1, retries=0, secure=True).connection_pool_kw["ca_certs"] == certifi.where()
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "system.pem"))
+    monkeypatch.setenv("MEMAUDIT_S3_CA_BUNDLE", str(tmp_path / "corp-ca.crt"))
+    pool = pool_manager(connect=1, read=1, retries=0, secure=True)
+    assert pool.connection_pool_kw["ca_certs"] == str(tmp_path / "corp-ca.crt")
+    assert pool_manager(connect=1, read=1, retries=0, secure=False).connection_pool_kw["ca_certs"] is None

@@ -149,12 +149,13 @@ class SeaweedFS:
     NAMES = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc", "admin",
              "admin.grpc")  # fmt: skip
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, tenants: list[dict] = ()):
+        """``tenants``: further identities of the S3 gateway's config, beside the admin whose keys it holds."""
         self.base = base
         self.access_key, self.secret_key = "memaudit-test-key", "memaudit-test-secret-" + os.urandom(6).hex()
         identity = {"name": "memaudit", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
-        (base / "s3.json").write_text(json.dumps({"identities": [identity]}))
+        (base / "s3.json").write_text(json.dumps({"identities": [identity, *tenants]}))
         (base / "data").mkdir()
         self.ports = dict(zip(self.NAMES, free_ports(len(self.NAMES)), strict=True))
         self.endpoint = f"http://{HOST}:{self.ports['s3']}"

@@ -46,11 +46,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* Secret with MEMAUDIT_S3_ACCESS_KEY / MEMAUDIT_S3_SECRET_KEY: s3.existingSecret, else the one the chart creates. */}}
-{{- define "memaudit.s3SecretName" -}}
-{{- default .Values.config.run.s3_secret .Values.s3.existingSecret }}
-{{- end }}
-
 {{/* Name of the MLflow Deployment and Service. */}}
 {{- define "memaudit.mlflowName" -}}
 {{- printf "%s-mlflow" (include "memaudit.fullname" .) | trunc 63 | trimSuffix "-" }}
@@ -71,11 +66,10 @@ logins), else empty. */}}
 {{- end }}
 {{- end }}
 
-{{/* The run config (a memaudit config file), with the S3 Secret name the chart actually uses and, with rbac.create,
-the chart's least-privilege ServiceAccount for the pipeline pods unless one is named. */}}
+{{/* The run config (a memaudit config file), with the chart's least-privilege ServiceAccount for the pipeline pods
+(with rbac.create, unless one is named). */}}
 {{- define "memaudit.runConfig" -}}
 {{- $config := deepCopy .Values.config }}
-{{- $_ := set $config.run "s3_secret" (include "memaudit.s3SecretName" .) }}
 {{- if and .Values.rbac.create (not $config.run.service_account) }}
 {{- $_ := set $config.run "service_account" (include "memaudit.serviceAccountName" .) }}
 {{- end }}
@@ -110,19 +104,24 @@ securityContext:
   {{- toYaml .Values.containerSecurityContext | nindent 2 }}
 {{- end }}
 
-{{/* Python script of the bucket Job (and of the submit Job's init container): create missing buckets. */}}
+{{/* Python script of the bucket Job (and of the submit Job's init container): create missing buckets, with
+versioning when the first argument is --versioning (an overwritten or deleted object stays recoverable). */}}
 {{- define "memaudit.bucketScript" -}}
 import os, sys, urllib.parse
 from minio import Minio
+from minio.versioningconfig import ENABLED, VersioningConfig
 url = urllib.parse.urlparse(os.environ["MEMAUDIT_S3_ENDPOINT"])
 secure = os.environ.get("MEMAUDIT_S3_SECURE", "false").lower() in ("1", "true", "yes")
 client = Minio(url.netloc, access_key=os.environ["MEMAUDIT_S3_ACCESS_KEY"], secret_key=os.environ["MEMAUDIT_S3_SECRET_KEY"], secure=secure)
-for bucket in sys.argv[1:]:
+versioning = sys.argv[1:2] == ["--versioning"]
+for bucket in sys.argv[1 + versioning:]:
     if client.bucket_exists(bucket):
         print(f"bucket {bucket} exists")
     else:
         client.make_bucket(bucket)
-        print(f"bucket {bucket} created")
+        if versioning:
+            client.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
+        print(f"bucket {bucket} created" + (" with versioning" if versioning else ""))
 {{- end }}
 
 {{/* Container running the bucket script (env from the run ConfigMap and the S3 Secret). */}}
@@ -132,6 +131,9 @@ for bucket in sys.argv[1:]:
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   command: ["python", "-c", {{ include "memaudit.bucketScript" . | quote }}]
   args:
+    {{- if .Values.buckets.versioning }}
+    - --versioning
+    {{- end }}
     - {{ .Values.s3.bucket | quote }}
     {{- if .Values.mlflow.enabled }}
     - {{ .Values.mlflow.artifactsBucket | quote }}
@@ -140,8 +142,26 @@ for bucket in sys.argv[1:]:
     - configMapRef:
         name: {{ .Values.config.run.env_config_map }}
     - secretRef:
-        name: {{ include "memaudit.s3SecretName" . }}
+        name: {{ .Values.config.run.s3_secret }}
+  {{- with .Values.config.run.ca_bundle_config_map }}
+  env:
+    - name: SSL_CERT_FILE
+      value: /etc/memaudit/ca/ca.crt
+  volumeMounts:
+    - name: ca
+      mountPath: /etc/memaudit/ca
+      readOnly: true
+  {{- end }}
   resources:
     {{- toYaml .Values.buckets.resources | nindent 4 }}
   {{- include "memaudit.containerSecurityContext" . | nindent 2 }}
+{{- end }}
+
+{{/* The volume of config.run.ca_bundle_config_map (the object store's private CA), when one is named. */}}
+{{- define "memaudit.caVolume" -}}
+{{- with .Values.config.run.ca_bundle_config_map }}
+- name: ca
+  configMap:
+    name: {{ . }}
+{{- end }}
 {{- end }}

@@ -332,6 +332,9 @@ class RunConfig(_Section):
         "memaudit-seal",
         description="optional Secret with MEMAUDIT_SEAL_KEY: the install's key that signs and checks COMPLETE markers",
     )
+    ca_bundle_config_map: str = Field(
+        "", description="ConfigMap with ca.crt, the private CA of an https object store, mounted into every task"
+    )
     service_account: str = Field("", description="Kubernetes service account of the run's pods ('' = KFP default)")
     model_cache_pvc: str = Field(
         "", description="PVC (ReadWriteMany) mounted as the GPU tasks' HF cache: a run downloads the weights once"

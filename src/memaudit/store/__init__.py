@@ -12,6 +12,8 @@ Environment (read by :func:`store_from_env` and :func:`store_for_uri`):
 ``MEMAUDIT_S3_BUCKET``     bucket (default ``memaudit``)
 ``MEMAUDIT_S3_SECURE``     TLS for a ``host:port`` endpoint (default false; a scheme in the endpoint wins)
 ``MEMAUDIT_S3_REGION``     region (optional)
+``MEMAUDIT_S3_CA_BUNDLE``  CA certificates of an https endpoint signed by a private CA (default: ``SSL_CERT_FILE``,
+                           else certifi's)
 """
 
 from __future__ import annotations

@@ -75,12 +75,20 @@ def retry_policy(retries: int) -> urllib3.Retry:
     )
 
 
+CA_BUNDLE_ENV = "MEMAUDIT_S3_CA_BUNDLE"  # a private CA of the object store only (the Hub keeps the public ones)
+
+
+def ca_bundle() -> str:
+    """The CA certificates that TLS to the object store is checked against."""
+    return os.environ.get(CA_BUNDLE_ENV) or os.environ.get("SSL_CERT_FILE") or certifi.where()
+
+
 def pool_manager(*, connect: float, read: float, retries: int, secure: bool) -> urllib3.PoolManager:
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=connect, read=read),
         maxsize=10,
         cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE",
-        ca_certs=(os.environ.get("SSL_CERT_FILE") or certifi.where()) if secure else None,
+        ca_certs=ca_bundle() if secure else None,
         retries=retry_policy(retries),
     )
 

@@ -25,6 +25,7 @@ from memaudit.config import ExperimentConfig, config_from_dict
 from memaudit.errors import MemauditError
 from memaudit.store import ENDPOINT_ENV, RunStorage, store_from_env
 from memaudit.store.base import CorruptedObject
+from memaudit.store.s3 import CA_BUNDLE_ENV as CA_BUNDLE_ENV  # for the pipelines: env they set
 from memaudit.store.seal import SEAL_KEY_ENV as SEAL_KEY_ENV  # for the pipelines: the Secret's key
 
 STORE_DIR_ENV = "MEMAUDIT_STORE_DIR"
