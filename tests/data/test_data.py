@@ -491,3 +491,26 @@ def test_unreachable_hub_endpoint_fails_fast_in_a_fresh_process(tmp_path):
     assert result.stderr.count("\n") == 1 and "cais/mmlu" in result.stderr and "--data-dir" in result.stderr
     assert time.monotonic() - start < 60
     assert not Path(tmp_path / "p").exists()
+
+
+def test_dataset_revision_pins_the_hub_snapshot_and_the_fingerprint(tmp_path, monkeypatch):
+    """Two revisions of ARC in an offline HF cache: each pins its own data; an uncached revision is refused."""
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "cache"
+    repo = cache / "datasets--allenai--ai2_arc"
+    revisions = {"a" * 40: "old", "b" * 40: "new"}
+    for sha, prefix in revisions.items():
+        folder = repo / "snapshots" / sha / "ARC-Challenge"
+        folder.mkdir(parents=True)
+        for split in ("train", "test"):
+            pd.DataFrame(arc_rows(40, f"{prefix}-{split}")).to_parquet(folder / f"{split}-00000-of-00001.parquet")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    pools = {sha: build_pool(cfg_for("arc", revision=sha), progress=False) for sha in revisions}
+    for sha, prefix in revisions.items():
+        assert pools[sha]["source_id"].str.startswith(prefix).all(), prefix
+    fingerprints = {cfg_for("arc", revision=sha).fingerprint() for sha in revisions} | {cfg_for("arc").fingerprint()}
+    assert len(fingerprints) == 3  # each revision is its own audit; no revision keeps the fingerprint it had
+    with pytest.raises(MemauditError, match=f"allenai/ai2_arc at revision {'c' * 40} \\(and no cached copy\\)"):
+        build_pool(cfg_for("arc", revision="c" * 40), progress=False)

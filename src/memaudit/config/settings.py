@@ -59,6 +59,11 @@ class DatasetConfig(_Section):
     name: Literal["synthetic", "arc", "ethics", "mmlu", "file"] = "synthetic"
     hub_id: str | None = Field(None, description="Hugging Face dataset id; default per dataset")
     hub_config: str | None = Field(None, description="dataset config (ARC-Challenge, commonsense, all)")
+    revision: str | None = Field(
+        None,
+        json_schema_extra=FINGERPRINTED_WHEN_SET,
+        description="Hub revision of the dataset (a commit SHA pins the data; default the main branch)",
+    )
     train_split: str | None = Field(None, description="upstream split feeding the pool; default per dataset")
     test_split: str | None = Field(None, description="upstream split appended to the pool; '' for none")
     max_train_rows: int | None = Field(None, gt=0, description="cap on train_split rows (1078/13901/33750)")
@@ -331,6 +336,12 @@ class RunConfig(_Section):
     seal_secret: str = Field(
         "memaudit-seal",
         description="optional Secret with MEMAUDIT_SEAL_KEY: the install's key that signs and checks COMPLETE markers",
+    )
+    pipeline_root: str = Field(
+        "",
+        pattern=r"^$|^(s3|minio|gs)://\S+$",
+        description="where KFP keeps the run's artifacts (pool, membership, report): a bucket of this tenant's, "
+        "e.g. s3://memaudit-team-a/kfp ('' = the namespace's kfp-launcher default)",
     )
     ca_bundle_config_map: str = Field(
         "", description="ConfigMap with ca.crt, the private CA of an https object store, mounted into every task"

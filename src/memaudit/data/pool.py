@@ -54,7 +54,7 @@ def load_sources(
     train_split = ds.train_split or spec.train_split
     test_split = spec.test_split if ds.test_split is None else ds.test_split
     folder = data_dir if data_dir is not None else ds.data_dir
-    root = Path(folder) if folder is not None else hub_snapshot(spec, ds.hub_id or spec.hub_id, config)
+    root = Path(folder) if folder is not None else hub_snapshot(spec, ds.hub_id or spec.hub_id, config, ds.revision)
     if folder is not None and not root.is_dir():
         raise MemauditError(f"data dir {root} does not exist", "pass --data-dir with an existing folder")
     train = load_split(spec, root, config, train_split, limit=ds.max_train_rows, progress=progress)

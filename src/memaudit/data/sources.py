@@ -360,18 +360,20 @@ def load_split(
 # -------------------------------------------------------------------------------------------------------- the Hub
 
 
-def hub_snapshot(spec: SourceSpec, hub_id: str, config: str) -> Path:
-    """Download the dataset's files for ``config`` into the HF cache (or find them there) and return the folder."""
+def hub_snapshot(spec: SourceSpec, hub_id: str, config: str, revision: str | None = None) -> Path:
+    """Download the dataset's files for ``config`` at ``revision`` (default: the main branch) into the HF cache (or
+    find them there) and return the folder."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
     patterns = [p.format(config=config) for p in spec.hub_patterns]
     fix = "pass --data-dir (dataset.data_dir) with a local copy of the dataset in its upstream layout"
     try:
-        return Path(snapshot_download(hub_id, repo_type="dataset", allow_patterns=patterns))
+        return Path(snapshot_download(hub_id, repo_type="dataset", allow_patterns=patterns, revision=revision))
     except LocalEntryNotFoundError:
+        at = f" at revision {revision}" if revision else ""
         raise MemauditError(
-            f"cannot reach the Hugging Face Hub to download {hub_id} (and no cached copy)", fix
+            f"cannot reach the Hugging Face Hub to download {hub_id}{at} (and no cached copy)", fix
         ) from None
     except RepositoryNotFoundError:
         raise MemauditError(
