@@ -147,6 +147,7 @@ def build_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", overrides: s
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
+        pipeline_root=cfg.run.pipeline_root or None,
         description="Which training samples did a fine-tuned LLM memorize (LiRA on shadow models), and does "
         "P-SMI at an early checkpoint predict them? Dentan et al., arXiv 2409.18858.",
     )

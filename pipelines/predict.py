@@ -19,6 +19,7 @@ def build_predict_pipeline(cfg: ExperimentConfig, *, config_yaml: str = "", over
 
     @dsl.pipeline(
         name=PREDICT_PIPELINE_NAME,
+        pipeline_root=cfg.run.pipeline_root or None,
         description="Which training samples will a fine-tune memorize? One model trained up to the prediction "
         "checkpoint, its samples ranked by P-SMI (Dentan et al., arXiv 2409.18858), without shadow models.",
     )

@@ -200,6 +200,15 @@ def test_a_private_ca_reaches_every_task_for_the_object_store_only():
     assert all("configMapAsVolume" not in pod for pod in _compile(load_config(preset="arc-mistral")).values())
 
 
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_pipeline_root_can_be_the_tenants_own_bucket(pipeline, tmp_path):
+    cfg = load_config(preset="arc-mistral", overrides=["run.pipeline_root=s3://memaudit-team-a/kfp"])
+    compile_pipeline(cfg, tmp_path / "p.yaml", pipeline=pipeline)
+    assert _load(tmp_path / "p.yaml")[0]["defaultPipelineRoot"] == "s3://memaudit-team-a/kfp"  # no data in KFP's bucket
+    compile_pipeline(load_config(preset="arc-mistral"), tmp_path / "d.yaml", pipeline=pipeline)
+    assert "defaultPipelineRoot" not in _load(tmp_path / "d.yaml")[0]  # the namespace's kfp-launcher decides
+
+
 def test_cache_volume_size_follows_the_model_or_the_setting():
     assert model_cache_size("mistralai/Mistral-7B-v0.1") == "31Gi"  # 7e9 × 2 B × 1.5 = 21 GB, + 10
     assert model_cache_size("Qwen/Qwen2.5-0.5B") == "12Gi"
