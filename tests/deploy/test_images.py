@@ -103,7 +103,7 @@ def test_dependencies_before_source_then_non_root(kind):
     ops = _instructions(DOCKERFILES[kind])
     index = {(op, arg.split()[0] if arg else ""): i for i, (op, arg) in enumerate(ops)}
     torch_install = next(i for i, (op, arg) in enumerate(ops) if op == "RUN" and '"torch==' in arg)
-    deps_install = next(i for i, (op, arg) in enumerate(ops) if op == "RUN" and "pip install -r" in arg)
+    deps_install = next(i for i, (op, arg) in enumerate(ops) if op == "RUN" and "pip install --require-hashes" in arg)
     first_source = min(index[("COPY", name)] for name in ("src", "components", "pipelines"))
     assert torch_install < index[("COPY", "pyproject.toml")] < deps_install < first_source
     user = [i for i, (op, _) in enumerate(ops) if op == "USER"]
@@ -163,6 +163,56 @@ def test_requirements_check_compares_the_installed_version(tmp_path):
     bad = subprocess.run([*REQUIREMENTS, str(fake), "--check", "numpy"], capture_output=True, text=True)
     assert bad.returncode == 1
     assert f"installed numpy {numpy.__version__} differs from the pin 0.0.1" in bad.stderr
+
+
+def _lock_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("images_lock", IMAGES / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """{name: (version, sha256 hashes)} of a lock file."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    name = None
+    for line in path.read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line):
+            name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            entries[name] = (match.group(2), [])
+        elif hashed := re.search(r"--hash=sha256:([0-9a-f]+)", line):
+            entries[name][1].append(hashed.group(1))
+    return entries
+
+
+@pytest.mark.parametrize("kind", list(DOCKERFILES))
+def test_each_image_installs_its_hashed_lock_of_pyprojects_pins(kind):
+    lock = _lock_module()
+    entries = _lock_entries(lock.lock_path(kind))
+    pins = _requirements(*lock.SELECTIONS[kind], "--exclude", "torch")
+    for pin in pins:  # the lock is current: `make lock` after changing a pin
+        name, version = pin.split("[")[0].split("==")[0], pin.split("==")[1]
+        assert entries[re.sub(r"[-_.]+", "-", name).lower()][0] == version, pin
+    assert len(entries) > 2 * len(pins)  # transitive dependencies are locked too
+    assert all(hashes and all(len(h) == 64 for h in hashes) for _, hashes in entries.values())
+    assert not [name for name in entries if lock.FROM_TORCH_INDEX.match(name)]  # from PyTorch's index instead
+    installs = [arg for op, arg in _instructions(DOCKERFILES[kind]) if op == "RUN" and "--require-hashes" in arg]
+    assert len(installs) == 1 and "--no-deps -r /tmp/build/requirements.lock" in installs[0]
+    copied = [arg for op, arg in _instructions(DOCKERFILES[kind]) if op == "COPY" and "requirements.lock" in arg]
+    assert copied == [f"pyproject.toml images/requirements.py images/runtime-{kind}/requirements.lock /tmp/build/"]
+
+
+def test_the_lock_leaves_out_torch_and_its_cuda_stack_with_their_hashes():
+    text = (
+        "filelock==3.1 \\\n    --hash=sha256:aa\n    # via torch\n"
+        "nvidia-cublas==13.1 \\\n    --hash=sha256:bb\n    # via torch\n"
+        "triton==3.5 \\\n    --hash=sha256:cc\n"
+        "tqdm==4.7 \\\n    --hash=sha256:dd\n"
+    )
+    kept = _lock_module().without_torch_stack(text)
+    assert kept == "filelock==3.1 \\\n    --hash=sha256:aa\n    # via torch\ntqdm==4.7 \\\n    --hash=sha256:dd\n"
 
 
 def test_requirements_reject_unknown_groups():
