@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Build both memaudit runtime images, tagged with the tags in memaudit's config (run.image_gpu, run.image_cpu in
-# src/memaudit/config.py: the one place image tags come from; `memaudit compile` writes the same tags into the
-# pipeline and the Helm chart's values.yaml repeats them). `make images` runs this script.
+# Build memaudit's images: the two runtime images, tagged with the tags in memaudit's config (run.image_gpu,
+# run.image_cpu in src/memaudit/config/settings.py: the one place their tags come from; `memaudit compile` writes
+# the same tags into the pipeline and the Helm chart's values.yaml repeats them), and the MLflow server's image,
+# tagged with the chart's mlflow.image. `make images` runs this script.
 #
-#   images/build.sh [--push] [--only gpu|cpu] [--dry-run] [-- EXTRA BUILD ARGS...]
+#   images/build.sh [--push] [--only gpu|cpu|mlflow] [--dry-run] [-- EXTRA BUILD ARGS...]
 #
-#   --push        push both tags after building (log in to the registry first)
-#   --only X      build only the gpu or the cpu image
+#   --push        push the tags after building (log in to the registry first)
+#   --only X      build only the gpu, the cpu or the mlflow image
 #   --dry-run     print the commands instead of running them (no container engine needed)
 #   IMAGE_GPU, IMAGE_CPU   override the tags (e.g. your registry); compile with the same tags:
 #                          memaudit compile --set run.image_gpu=$IMAGE_GPU --set run.image_cpu=$IMAGE_CPU
+#   IMAGE_MLFLOW           override the MLflow image's tag (give it to the chart as mlflow.image)
 #   CONTAINER_ENGINE       docker (default when present) or podman
 #   PYTHON                 the Python that has memaudit installed (default: .venv/bin/python, else python3)
 set -euo pipefail
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
             ;;
         --) shift; extra=("$@"); break ;;
         -h | --help)
-            sed -n '2,16p' "$0"
+            sed -n '2,18p' "$0"
             exit 0
             ;;
         *)
@@ -39,25 +41,28 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-case "$only" in "" | gpu | cpu) ;; *)
-    echo "images/build.sh: --only takes gpu or cpu, not '$only'" >&2
+case "$only" in "" | gpu | cpu | mlflow) ;; *)
+    echo "images/build.sh: --only takes gpu, cpu or mlflow, not '$only'" >&2
     exit 2
     ;;
 esac
 
 python=${PYTHON:-$root/.venv/bin/python}
 [ -x "$python" ] || python=$(command -v python3 || true)
-if ! tags=$("$python" -c 'from memaudit.config import RunConfig
+if ! tags=$("$python" -c 'import sys, yaml
+from memaudit.config import RunConfig
 import importlib.metadata as m
 r = RunConfig()
-print(r.image_gpu, r.image_cpu, m.version("memaudit"))' 2>/dev/null); then
+chart = yaml.safe_load(open(sys.argv[1]))
+print(r.image_gpu, r.image_cpu, chart["mlflow"]["image"] or "-", m.version("memaudit"))' "$root/charts/memaudit/values.yaml" 2>/dev/null); then
     echo "images/build.sh: cannot read the image tags from memaudit's config with '$python';" \
         "run 'make images' (it creates .venv) or set PYTHON to a Python with memaudit installed" >&2
     exit 2
 fi
-read -r default_gpu default_cpu version <<<"$tags"
+read -r default_gpu default_cpu default_mlflow version <<<"$tags"
 image_gpu=${IMAGE_GPU:-$default_gpu}
 image_cpu=${IMAGE_CPU:-$default_cpu}
+image_mlflow=${IMAGE_MLFLOW:-$default_mlflow}
 
 run() {
     echo "+ $*"
@@ -90,11 +95,16 @@ else
 fi
 
 built=()
-for kind in gpu cpu; do
+for kind in gpu cpu mlflow; do
     if [ -n "$only" ] && [ "$only" != "$kind" ]; then continue; fi
-    if [ "$kind" = gpu ]; then tag=$image_gpu; else tag=$image_cpu; fi
+    case "$kind" in
+        gpu) tag=$image_gpu folder=runtime-gpu ;;
+        cpu) tag=$image_cpu folder=runtime-cpu ;;
+        mlflow) tag=$image_mlflow folder=mlflow ;;
+    esac
+    if [ "$tag" = - ]; then continue; fi  # mlflow.image "": the chart's server runs the CPU image
     run "$engine" build \
-        --file "$root/images/runtime-$kind/Dockerfile" \
+        --file "$root/images/$folder/Dockerfile" \
         --tag "$tag" \
         --build-arg "VERSION=$version" \
         ${extra[@]+"${extra[@]}"} \

@@ -4,6 +4,7 @@ The Dockerfiles copy only pyproject.toml and this file before installing depende
 does not invalidate the (large) dependency layers. Standard library only: it runs before anything is installed.
 
     python requirements.py PYPROJECT [--extra gpu] [--with boto3] [--exclude torch]   # requirement lines
+    python requirements.py PYPROJECT --only mlflow --only boto3   # just these pins (the MLflow server image)
     python requirements.py PYPROJECT --pin torch     # the pinned version, e.g. 2.13.0
     python requirements.py PYPROJECT --check torch   # exit 1 unless the installed torch is that version
 """
@@ -62,6 +63,16 @@ def select(pyproject: Path, *, extras: list[str] = (), with_: list[str] = (), ex
     return out
 
 
+def only(pyproject: Path, names: list[str]) -> list[str]:
+    """The pinned requirement lines of ``names`` alone, from the dependencies or any optional group."""
+    deps, groups = read_requirements(pyproject)
+    everything = {requirement_name(line): line for line in deps + [line for group in groups.values() for line in group]}
+    missing = [name for name in names if normalize(name) not in everything]
+    if missing:
+        raise SystemExit(f"error: {missing[0]!r} is not a requirement in {pyproject}")
+    return [everything[normalize(name)] for name in names]
+
+
 def pinned_version(pyproject: Path, name: str) -> str:
     """The exact ``==`` version pinned for ``name`` among the dependencies and extras."""
     deps, groups = read_requirements(pyproject)
@@ -92,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", action="append", default=[], help="add an optional-dependency group")
     parser.add_argument("--with", dest="with_", action="append", default=[], help="add one pinned requirement")
     parser.add_argument("--exclude", action="append", default=[], help="leave this requirement out")
+    parser.add_argument("--only", action="append", default=[], help="print just this pinned requirement")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--pin", metavar="NAME", help="print the version pinned for NAME")
     mode.add_argument("--check", metavar="NAME", help="fail unless the installed NAME is the pinned version")
@@ -104,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 1
         print(f"{args.check} matches pyproject.toml")
+    elif args.only:
+        print("\n".join(only(args.pyproject, args.only)))
     else:
         print("\n".join(select(args.pyproject, extras=args.extra, with_=args.with_, exclude=args.exclude)))
     return 0

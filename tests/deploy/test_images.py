@@ -22,7 +22,9 @@ from memaudit.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
-DOCKERFILES = {kind: IMAGES / f"runtime-{kind}" / "Dockerfile" for kind in ("gpu", "cpu")}
+DOCKERFILES = {kind: IMAGES / f"runtime-{kind}" / "Dockerfile" for kind in ("gpu", "cpu")}  # the runtime images
+MLFLOW_DOCKERFILE = IMAGES / "mlflow" / "Dockerfile"  # the chart's tracking server
+CHART_VALUES = yaml.safe_load((ROOT / "charts" / "memaudit" / "values.yaml").read_text())
 PYPROJECT = ROOT / "pyproject.toml"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 REQUIREMENTS = [sys.executable, str(IMAGES / "requirements.py")]
@@ -53,11 +55,9 @@ def _project() -> dict:
 # ------------------------------------------------------------------------------------------------ hadolint
 
 
-@pytest.mark.parametrize("kind", list(DOCKERFILES))
-def test_hadolint_passes(kind):
-    proc = subprocess.run(
-        [str(HADOLINT), "--failure-threshold", "style", str(DOCKERFILES[kind])], capture_output=True, text=True
-    )
+@pytest.mark.parametrize("path", [*DOCKERFILES.values(), MLFLOW_DOCKERFILE], ids=["gpu", "cpu", "mlflow"])
+def test_hadolint_passes(path):
+    proc = subprocess.run([str(HADOLINT), "--failure-threshold", "style", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -124,12 +124,12 @@ def test_hf_cache_is_a_volume_and_no_secret_is_baked_in(kind):
     assert {"HF_HUB_DISABLE_TELEMETRY=1", "MLFLOW_DISABLE_TELEMETRY=true", "DO_NOT_TRACK=1"} <= set(env.split())
 
 
-@pytest.mark.parametrize("kind", list(DOCKERFILES))
-def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else(kind):
+@pytest.mark.parametrize("path", [*DOCKERFILES.values(), MLFLOW_DOCKERFILE], ids=["gpu", "cpu", "mlflow"])
+def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else(path):
     ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert ignore[0] == "*"
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    copied = {source for op, arg in _instructions(DOCKERFILES[kind]) if op == "COPY" for source in arg.split()[:-1]}
+    copied = {source for op, arg in _instructions(path) if op == "COPY" for source in arg.split()[:-1]}
     assert copied <= allowed and all((ROOT / path).exists() for path in copied)
     assert not {".venv", "runs", "tests", "charts"} & allowed
 
@@ -187,21 +187,35 @@ def _lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
     return entries
 
 
-@pytest.mark.parametrize("kind", list(DOCKERFILES))
-def test_each_image_installs_its_hashed_lock_of_pyprojects_pins(kind):
+@pytest.mark.parametrize("image", ["runtime-gpu", "runtime-cpu", "mlflow"])
+def test_each_image_installs_its_hashed_lock_of_pyprojects_pins(image):
     lock = _lock_module()
-    entries = _lock_entries(lock.lock_path(kind))
-    pins = _requirements(*lock.SELECTIONS[kind], "--exclude", "torch")
+    entries = _lock_entries(lock.lock_path(image))
+    selection = lock.SELECTIONS[image]
+    pins = _requirements(*selection, *([] if "--only" in selection else ["--exclude", "torch"]))
     for pin in pins:  # the lock is current: `make lock` after changing a pin
         name, version = pin.split("[")[0].split("==")[0], pin.split("==")[1]
         assert entries[re.sub(r"[-_.]+", "-", name).lower()][0] == version, pin
     assert len(entries) > 2 * len(pins)  # transitive dependencies are locked too
     assert all(hashes and all(len(h) == 64 for h in hashes) for _, hashes in entries.values())
     assert not [name for name in entries if lock.FROM_TORCH_INDEX.match(name)]  # from PyTorch's index instead
-    installs = [arg for op, arg in _instructions(DOCKERFILES[kind]) if op == "RUN" and "--require-hashes" in arg]
+    ops = _instructions(IMAGES / image / "Dockerfile")
+    installs = [arg for op, arg in ops if op == "RUN" and "--require-hashes" in arg]
     assert len(installs) == 1 and "--no-deps -r /tmp/build/requirements.lock" in installs[0]
-    copied = [arg for op, arg in _instructions(DOCKERFILES[kind]) if op == "COPY" and "requirements.lock" in arg]
-    assert copied == [f"pyproject.toml images/requirements.py images/runtime-{kind}/requirements.lock /tmp/build/"]
+    (copied,) = [arg for op, arg in ops if op == "COPY" and "requirements.lock" in arg]
+    assert copied.endswith(f"images/{image}/requirements.lock /tmp/build/")
+
+
+def test_the_mlflow_image_has_mlflow_and_boto3_only_and_runs_as_non_root():
+    entries = _lock_entries(_lock_module().lock_path("mlflow"))
+    assert {"mlflow", "boto3"} <= set(entries)
+    assert not {"torch", "transformers", "peft", "memaudit", "kfp"} & set(entries)  # no model or pipeline code
+    ops = _instructions(MLFLOW_DOCKERFILE)
+    assert not [arg for op, arg in ops if op == "COPY" and not arg.startswith("images/mlflow/requirements.lock")]
+    assert ops[-3][0] == "USER" and ops[-3][1] == "10001:10001"  # the chart's pod security context
+    env = " ".join(arg for op, arg in ops if op == "ENV")
+    assert {"MLFLOW_DISABLE_TELEMETRY=true", "DO_NOT_TRACK=1"} <= set(env.split())
+    assert _arg_defaults(MLFLOW_DOCKERFILE)["BASE_IMAGE"] == _arg_defaults(DOCKERFILES["cpu"])["BASE_IMAGE"]
 
 
 def test_the_lock_leaves_out_torch_and_its_cuda_stack_with_their_hashes():
@@ -255,11 +269,14 @@ def test_build_script_builds_both_images_with_the_config_tags(tmp_path):
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
     run, version = RunConfig(), _project()["version"]
+    mlflow = CHART_VALUES["mlflow"]["image"]  # the chart's server image is built with the chart's tag
     assert calls == [
         f"build --file {DOCKERFILES['gpu']} --tag {run.image_gpu} --build-arg VERSION={version} {ROOT}",
         f"build --file {DOCKERFILES['cpu']} --tag {run.image_cpu} --build-arg VERSION={version} {ROOT}",
+        f"build --file {MLFLOW_DOCKERFILE} --tag {mlflow} --build-arg VERSION={version} {ROOT}",
         f"push {run.image_gpu}",
         f"push {run.image_cpu}",
+        f"push {mlflow}",
     ]
     assert "images: built" in proc.stdout
 
@@ -295,7 +312,7 @@ def test_build_script_with_an_unreachable_daemon_says_so_and_fails(tmp_path):
 def test_build_script_dry_run_needs_no_engine(tmp_path):
     proc = _build(tmp_path, "--dry-run", path=_isolated_path(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("+ docker build") == 2 and "nothing was built" in proc.stdout
+    assert proc.stdout.count("+ docker build") == 3 and "nothing was built" in proc.stdout
 
 
 def test_make_images_runs_the_build_script():
@@ -311,6 +328,7 @@ def test_make_images_runs_the_build_script():
 def test_image_tags_follow_the_package_version():
     run, version = RunConfig(), _project()["version"]
     assert run.image_gpu.endswith(f"/runtime-gpu:{version}") and run.image_cpu.endswith(f"/runtime-cpu:{version}")
+    assert CHART_VALUES["mlflow"]["image"].endswith(f"/mlflow:{version}")
     chart = yaml.safe_load((ROOT / "charts" / "memaudit" / "Chart.yaml").read_text())
     assert chart["appVersion"] == version
 
@@ -338,3 +356,12 @@ def test_components_run_the_images_python_without_installing_anything():
         command = " ".join(executor["container"]["command"])
         assert "python3 -m kfp.dsl.executor_main" in command, name
         assert "pip install" not in command, name
+
+
+def test_requirements_only_prints_the_named_pins_or_refuses_an_unknown_name():
+    assert _requirements("--only", "mlflow", "--only", "boto3") == [
+        line for line in _project()["dependencies"] + _project()["optional-dependencies"]["dev"]
+        if line.startswith(("mlflow[", "boto3=="))
+    ]  # fmt: skip
+    proc = subprocess.run([*REQUIREMENTS, str(PYPROJECT), "--only", "flask"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "'flask' is not a requirement" in proc.stderr
