@@ -50,6 +50,16 @@ def complete_run(tmp_path_factory):
     return root, summary
 
 
+def _copy_of(complete_run, tmp_path: Path, monkeypatch) -> tuple[Path, dict]:
+    """A copy of the complete run, with the tasks pointed at it and no progress events yet; and its summary."""
+    source, summary = complete_run
+    root = tmp_path / "run"
+    shutil.copytree(source, root)
+    point_tasks_at(monkeypatch, root)
+    (root / "progress.jsonl").unlink()
+    return root, summary
+
+
 def _same(path: Path, original: bytes) -> bool:
     """The recomputed file equals the original (a training log: the same losses; its timings differ)."""
     if path.name != "train_log.json":
@@ -60,11 +70,7 @@ def _same(path: Path, original: bytes) -> bool:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_damage_is_detected_set_aside_and_recomputed(complete_run, case, tmp_path, monkeypatch):
-    source, summary = complete_run
-    root = tmp_path / "run"
-    shutil.copytree(source, root)
-    point_tasks_at(monkeypatch, root)
-    (root / "progress.jsonl").unlink()
+    root, summary = _copy_of(complete_run, tmp_path, monkeypatch)
     pattern, damage = CASES[case]
     (target,) = sorted((root / "store" / FP).glob(pattern))
     original = target.read_bytes()
@@ -116,11 +122,7 @@ def _forge(store_root: Path, key: str, content: bytes) -> None:
 
 @pytest.mark.parametrize("sealed", [True, False], ids=["with the seal key", "control: no seal key"])
 def test_a_shadow_forged_without_the_seal_key_is_not_reused(complete_run, sealed, tmp_path, monkeypatch):
-    source, summary = complete_run
-    root = tmp_path / "run"
-    shutil.copytree(source, root)
-    point_tasks_at(monkeypatch, root)
-    (root / "progress.jsonl").unlink()
+    root, summary = _copy_of(complete_run, tmp_path, monkeypatch)
     store_root = root / "store"
     _sign_every_marker(store_root)
     target, donor = (f"{FP}/shadows/{s}/scores.npz" for s in (0, 1))
